@@ -1,0 +1,3 @@
+"""Backbones registered in the ``mmssm`` scope."""
+
+__all__: list = []

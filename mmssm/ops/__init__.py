@@ -1,0 +1,1 @@
+"""Scan operators of mmssm (PyTorch implementations and compiled CUDA ops)."""
