@@ -180,7 +180,9 @@ def find_state_dict(obj: Any, source: str = 'checkpoint') -> StateDict:
             if key in obj and isinstance(obj[key], Mapping):
                 candidate = obj[key]
                 break
-    if not isinstance(candidate, Mapping) or not candidate:
+    has_tensors = isinstance(candidate, Mapping) and any(
+        isinstance(v, torch.Tensor) for v in candidate.values())
+    if not has_tensors:
         keys = list(obj)[:10] if isinstance(obj, Mapping) else type(obj)
         raise CheckpointError(
             f'{source} holds no state dict: expected a dict of tensors or one '
