@@ -1,0 +1,99 @@
+// Plain-data description of one selective-scan launch, shared by the
+// device-agnostic entry points (csrc/pytorch/*.cpp) and the CUDA launchers.
+#pragma once
+
+namespace mmssm {
+
+// One launch scans `num_dirs * dim` sequences per batch element.
+//
+// num_dirs == 1: the mamba layout. u, delta, z, out: (batch, dim, length);
+//   B/C variable: (batch, groups, dstate, length), constant: (dim, dstate).
+// num_dirs == 4: VMamba's fused four-direction scan over a height x width map
+//   (length = height * width). u, out: (batch, dim, length) shared by all
+//   directions; delta: (batch, 4 * dim, length); B/C: (batch, 4, dstate,
+//   length); A: (4 * dim, dstate); D, delta_bias: (4 * dim). Every
+//   per-direction input sits at its pixel's row-major position and direction
+//   k visits the pixels in cross-scan order k.
+//
+// Pointers to weights (A, D, delta_bias, constant B/C), to chunk states and to
+// gradients of weights point to the accumulation type (float, or double for
+// double inputs); all other pointers to the input element type, except the
+// four-direction output and input gradient and the gradients of variable B/C,
+// which are accumulated with atomics in the accumulation type.
+struct SelectiveScanParams {
+  int batch = 0;
+  int dim = 0;
+  int num_dirs = 1;
+  int num_groups_B = 1;  // groups of variable B (channel d uses d / (dim / G))
+  int num_groups_C = 1;
+  int length = 0;
+  int dstate = 0;
+  int height = 1;
+  int width = 1;
+  int num_chunks = 0;  // saved states per sequence (see kChunkStateStride)
+  // Channels that share their groups of B and of C: dim / lcm(groups of B,
+  // groups of C), a constant B/C counting as one group.
+  int channels_per_segment = 1;
+
+  bool var_B = true;
+  bool var_C = true;
+  bool delta_softplus = false;
+
+  const void *u = nullptr;
+  const void *delta = nullptr;
+  const void *A = nullptr;
+  const void *B = nullptr;
+  const void *C = nullptr;
+  const void *D = nullptr;
+  const void *z = nullptr;
+  const void *delta_bias = nullptr;
+
+  // Forward outputs; backward reads y_pregate and chunk_states.
+  void *out = nullptr;
+  void *y_pregate = nullptr;
+  void *chunk_states = nullptr;
+
+  // Backward.
+  const void *dout = nullptr;
+  void *du = nullptr;
+  void *ddelta = nullptr;
+  void *dA = nullptr;
+  void *dB = nullptr;
+  void *dC = nullptr;
+  void *dD = nullptr;
+  void *dz = nullptr;
+  void *ddelta_bias = nullptr;
+};
+
+// The forward pass saves the state after every kChunkStateStride positions
+// (and after the last one) in chunk_states: (batch, num_dirs * dim,
+// num_chunks = ceil(length / kChunkStateStride), dstate).
+constexpr int kChunkStateStride = 256;
+
+// How a launch splits the work: the forward pass and the block backward
+// kernel run one block of num_threads threads per sequence, each thread
+// owning num_items consecutive positions; the warp backward kernel runs one
+// warp per sequence (num_threads = 32 * warps per block, num_items = 8).
+enum class ScanLayout { kBlockPerSequence, kWarpPerSequence };
+
+// The configurations the kernels are compiled for; mmssm/ops/cuda_ops.py
+// picks one per sequence length and sequence count.
+inline bool is_compiled_scan_config(ScanLayout layout, bool backward,
+                                    int num_threads, int num_items) {
+  if (layout == ScanLayout::kWarpPerSequence)
+    return backward && num_threads == 256 && num_items == 8;
+  // (32, 4) chunks are too short for the backward pass: its chunks must
+  // start where the forward pass saved a state.
+  return (!backward && num_threads == 32 && num_items == 4) ||
+         (num_threads == 64 && num_items == 4) ||
+         (num_threads == 128 && (num_items == 4 || num_items == 8));
+}
+
+// Launches the forward (or backward) kernel for element type T on the
+// current CUDA stream; instantiated per type in csrc/pytorch/cuda/*.cu.
+template <typename T>
+void selective_scan_launch(const SelectiveScanParams &params,
+                           ScanLayout layout, int num_threads, int num_items,
+                           bool backward);
+
+}  // namespace mmssm

@@ -1,0 +1,96 @@
+// Kernel launches of the selective scan for one element type; each
+// selective_scan_<dtype>.cu instantiates selective_scan_launch for its type so
+// that the four types compile in parallel.
+#pragma once
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "selective_scan_kernel.cuh"
+#include "selective_scan_params.h"
+
+namespace mmssm {
+
+template <typename Kernel>
+void launch_with_shared_memory(Kernel kernel, dim3 grid, int num_threads,
+                               size_t shared_bytes,
+                               const SelectiveScanParams &params) {
+  constexpr size_t kDefaultSharedLimit = 48 * 1024;
+  if (shared_bytes > kDefaultSharedLimit) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        static_cast<int>(shared_bytes)));
+  }
+  kernel<<<grid, num_threads, shared_bytes,
+           at::cuda::getCurrentCUDAStream()>>>(params);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, int kNThreads, int kNItems, bool kCross>
+void launch_block_layout(const SelectiveScanParams &params, bool backward) {
+  using acc_t = typename AccumType<T>::type;
+  const dim3 grid(params.num_dirs * params.dim, params.batch);
+  if (backward) {
+    if constexpr ((kNThreads * kNItems) % kChunkStateStride == 0) {
+      launch_with_shared_memory(
+          selective_scan_bwd_block_kernel<T, kNThreads, kNItems, kCross>,
+          grid, kNThreads, (4 * size_t(params.dstate) + 2) * sizeof(acc_t),
+          params);
+    } else {
+      TORCH_CHECK(false, "selective scan: the block backward kernel needs "
+                  "chunks of a multiple of ", kChunkStateStride, " positions");
+    }
+  } else {
+    launch_with_shared_memory(
+        selective_scan_fwd_kernel<T, kNThreads, kNItems, kCross>, grid,
+        kNThreads, size_t(params.dstate) * sizeof(acc_t), params);
+  }
+}
+
+template <typename T, bool kCross>
+void launch_warp_backward(const SelectiveScanParams &params) {
+  using acc_t = typename AccumType<T>::type;
+  constexpr int kNWarps = 8;
+  const int segment = params.channels_per_segment;
+  const int tiles_per_segment = (segment + kNWarps - 1) / kNWarps;
+  const dim3 grid(params.num_dirs * (params.dim / segment) * tiles_per_segment,
+                  params.batch);
+  launch_with_shared_memory(
+      selective_scan_bwd_warp_kernel<T, kNWarps, kCross>, grid, kNWarps * 32,
+      warp_bwd_shared_elements<kNWarps>(params.dstate) * sizeof(acc_t),
+      params);
+}
+
+template <typename T, bool kCross>
+void launch_scan(const SelectiveScanParams &params, ScanLayout layout,
+                 int num_threads, int num_items, bool backward) {
+  TORCH_CHECK(is_compiled_scan_config(layout, backward, num_threads, num_items),
+              "selective scan: no kernel compiled for ", num_threads,
+              " threads x ", num_items, " items per thread");
+  if (layout == ScanLayout::kWarpPerSequence) {
+    launch_warp_backward<T, kCross>(params);
+  } else if (num_threads == 32) {
+    launch_block_layout<T, 32, 4, kCross>(params, backward);
+  } else if (num_threads == 64) {
+    launch_block_layout<T, 64, 4, kCross>(params, backward);
+  } else if (num_items == 4) {
+    launch_block_layout<T, 128, 4, kCross>(params, backward);
+  } else {
+    launch_block_layout<T, 128, 8, kCross>(params, backward);
+  }
+}
+
+template <typename T>
+void selective_scan_launch(const SelectiveScanParams &params,
+                           ScanLayout layout, int num_threads, int num_items,
+                           bool backward) {
+  if (params.num_dirs > 1) {
+    launch_scan<T, true>(params, layout, num_threads, num_items, backward);
+  } else {
+    launch_scan<T, false>(params, layout, num_threads, num_items, backward);
+  }
+}
+
+}  // namespace mmssm

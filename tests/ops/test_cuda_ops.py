@@ -1,0 +1,357 @@
+"""Tests of the compiled CUDA scan ops (mmssm/ops/cuda_ops.py, csrc/).
+
+Every kernel output and every input gradient is compared with the float64
+references of mmssm/ops/reference.py on fresh random inputs.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from typing import Dict, Optional, Sequence
+
+import pytest
+import torch
+from torch import Tensor
+
+from mmssm.ops import cuda_ops
+from mmssm.ops.reference import (cross_selective_scan_reference,
+                                 selective_scan_reference)
+
+# Largest relative error ‖actual − expected‖ / ‖expected‖ per input dtype.
+TOLERANCES = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-5,
+    torch.float16: 5e-3,
+    torch.bfloat16: 1e-2,
+}
+WEIGHT_NAMES = ('A', 'D', 'delta_bias')
+ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def weight_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Weights stay float32 next to half-precision activations."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def relative_error(actual: Tensor, expected: Tensor) -> float:
+    """Relative error in float64; inf where ``actual`` is not finite."""
+    actual, expected = actual.double(), expected.double()
+    if not torch.isfinite(actual).all():
+        return float('inf')
+    return ((actual - expected).norm() /
+            expected.norm().clamp_min(1e-30)).item()
+
+
+def sample(shape: Sequence[int], scale: float = 1.0, shift: float = 0.0,
+           contiguous: bool = True) -> Tensor:
+    """Fresh normal samples on the GPU; else a transposed (strided) view."""
+    if contiguous:
+        return torch.randn(*shape, device='cuda') * scale + shift
+    swapped = list(shape)
+    swapped[-1], swapped[-2] = swapped[-2], swapped[-1]
+    return (torch.randn(*swapped, device='cuda') * scale +
+            shift).transpose(-1, -2)
+
+
+def errors_against_reference(inputs: Dict[str, Optional[Tensor]], compiled,
+                             reference, dtype: torch.dtype,
+                             **kwargs) -> Dict[str, float]:
+    """Relative errors of the output and of every input gradient.
+
+    Each float32 sample is cast to ``dtype`` (weights to
+    :func:`weight_dtype`) for the compiled op, and the same values to float64
+    for the reference; both get the same output gradient.
+    """
+    mine, ref = {}, {}
+    for name, value in inputs.items():
+        if value is None:
+            mine[name] = ref[name] = None
+            continue
+        cast = weight_dtype(dtype) if name in WEIGHT_NAMES else dtype
+        mine[name] = value.detach().to(cast).requires_grad_()
+        ref[name] = value.detach().to(cast).double().requires_grad_()
+    out = compiled(**mine, **kwargs)
+    expected = reference(**ref, **kwargs)
+    assert out.dtype == dtype and out.shape == expected.shape
+    grad_out = torch.randn_like(expected)
+    out.backward(grad_out.to(dtype))
+    expected.backward(grad_out)
+    errors = {'out': relative_error(out, expected)}
+    for name, value in mine.items():
+        if value is not None:
+            assert value.grad is not None and value.grad.dtype == value.dtype
+            errors['d' + name] = relative_error(value.grad, ref[name].grad)
+    return errors
+
+
+def assert_close(errors: Dict[str, float], dtype: torch.dtype) -> None:
+    bad = {k: v for k, v in errors.items() if not v <= TOLERANCES[dtype]}
+    assert not bad, f'{dtype}: relative errors over {TOLERANCES[dtype]}: ' \
+        f'{bad} (all: {errors})'
+
+
+def selective_scan_inputs(batch: int, dim: int, length: int, dstate: int,
+                          bc_layout: str, groups: int = 1,
+                          with_D: bool = True, with_z: bool = True,
+                          with_bias: bool = True, contiguous: bool = True
+                          ) -> Dict[str, Optional[Tensor]]:
+    """Inputs of selective_scan; bc_layout: 'shared', 'grouped', 'constant'
+    or 'mixed' (variable B, constant C)."""
+
+    def projection(variable: bool) -> Tensor:
+        if not variable:
+            return sample((dim, dstate))
+        if bc_layout == 'grouped':
+            return sample((batch, groups, dstate, length),
+                          contiguous=contiguous)
+        return sample((batch, dstate, length), contiguous=contiguous)
+
+    return {
+        'u': sample((batch, dim, length), contiguous=contiguous),
+        'delta': sample((batch, dim, length), 0.5, -1.0, contiguous),
+        'A': -torch.exp(sample((dim, dstate), 0.5)),
+        'B': projection(bc_layout != 'constant'),
+        'C': projection(bc_layout not in ('constant', 'mixed')),
+        'D': sample((dim, )) if with_D else None,
+        'z': sample((batch, dim, length)) if with_z else None,
+        'delta_bias': sample((dim, ), 0.3) if with_bias else None,
+    }
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('dtype', ALL_DTYPES)
+@pytest.mark.parametrize('length', [1, 7, 131, 257, 1031])
+def test_selective_scan_matches_reference(dtype, length):
+    inputs = selective_scan_inputs(2, 5, length, 16, 'shared')
+    errors = errors_against_reference(
+        inputs, cuda_ops.selective_scan_cuda, selective_scan_reference, dtype,
+        delta_softplus=True)
+    assert_close(errors, dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('bc_layout,groups', [('grouped', 2),
+                                              ('grouped', 3),
+                                              ('constant', 1),
+                                              ('mixed', 1)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_selective_scan_projection_layouts(bc_layout, groups, dtype):
+    inputs = selective_scan_inputs(3, 6, 97, 8, bc_layout, groups)
+    errors = errors_against_reference(
+        inputs, cuda_ops.selective_scan_cuda, selective_scan_reference, dtype,
+        delta_softplus=True)
+    assert_close(errors, dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('dstate', [1, 3, 64])
+def test_selective_scan_state_sizes_without_options(dstate):
+    # No D, z or bias, and delta used as given (kept positive).
+    inputs = selective_scan_inputs(1, 4, 613, dstate, 'shared', with_D=False,
+                                   with_z=False, with_bias=False,
+                                   contiguous=False)
+    inputs['delta'] = torch.rand_like(inputs['delta']) * 0.5 + 0.01
+    errors = errors_against_reference(
+        inputs, cuda_ops.selective_scan_cuda, selective_scan_reference,
+        torch.float32, delta_softplus=False)
+    assert_close(errors, torch.float32)
+
+
+@pytest.mark.cuda
+def test_selective_scan_large_steps_stay_finite():
+    inputs = selective_scan_inputs(1, 4, 4099, 16, 'shared')
+    inputs['delta'] = torch.full_like(inputs['delta'], 20.0)
+    inputs['A'] = torch.full_like(inputs['A'], -16.0)
+    errors = errors_against_reference(
+        inputs, cuda_ops.selective_scan_cuda, selective_scan_reference,
+        torch.float32, delta_softplus=True)
+    assert_close(errors, torch.float32)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('length', [5, 600, 2051])
+def test_selective_scan_last_state(length):
+    inputs = selective_scan_inputs(2, 3, length, 4, 'shared')
+    out, last = cuda_ops.selective_scan_cuda(**inputs, delta_softplus=True,
+                                             return_last_state=True)
+    ref_inputs = {k: None if v is None else v.double()
+                  for k, v in inputs.items()}
+    ref_out, ref_last = selective_scan_reference(
+        **ref_inputs, delta_softplus=True, return_last_state=True)
+    assert last.dtype == torch.float32 and last.shape == (2, 3, 4)
+    assert relative_error(out, ref_out) < 1e-5
+    assert relative_error(last, ref_last) < 1e-5
+
+
+def cross_inputs(batch: int, dim: int, height: int, width: int, dstate: int,
+                 with_options: bool = True,
+                 contiguous: bool = True) -> Dict[str, Optional[Tensor]]:
+    return {
+        'u': sample((batch, dim, height, width), contiguous=contiguous),
+        'delta': sample((batch, 4, dim, height, width), 0.5, -1.0),
+        'A': -torch.exp(sample((4 * dim, dstate), 0.5)),
+        'B': sample((batch, 4, dstate, height, width), contiguous=contiguous),
+        'C': sample((batch, 4, dstate, height, width)),
+        'D': sample((4 * dim, )) if with_options else None,
+        'delta_bias': sample((4 * dim, ), 0.3) if with_options else None,
+    }
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('dtype', ALL_DTYPES)
+@pytest.mark.parametrize('height,width', [(1, 7), (9, 1), (6, 9),
+                                          (13, 23), (37, 31)])
+def test_cross_selective_scan_matches_reference(dtype, height, width):
+    inputs = cross_inputs(2, 3, height, width, 2, contiguous=height > 1)
+    errors = errors_against_reference(
+        inputs, cuda_ops.cross_selective_scan_cuda,
+        cross_selective_scan_reference, dtype, delta_softplus=True)
+    assert_close(errors, dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('dstate', [1, 16])
+def test_cross_selective_scan_without_options(dstate):
+    inputs = cross_inputs(1, 4, 11, 8, dstate, with_options=False)
+    inputs['delta'] = torch.rand_like(inputs['delta']) * 0.5 + 0.01
+    errors = errors_against_reference(
+        inputs, cuda_ops.cross_selective_scan_cuda,
+        cross_selective_scan_reference, torch.float32, delta_softplus=False)
+    assert_close(errors, torch.float32)
+
+
+@pytest.mark.cuda
+def test_ops_pass_opcheck():
+    # Schema, fake (meta) implementation and autograd registration agree
+    # with the kernels.
+    inputs = selective_scan_inputs(2, 4, 37, 3, 'shared')
+    args = (inputs['u'], inputs['delta'], inputs['A'],
+            inputs['B'].unsqueeze(1), inputs['C'].unsqueeze(1), inputs['D'],
+            inputs['z'], inputs['delta_bias'], True, 1, 1, 1)
+    torch.library.opcheck(torch.ops.mmssm.selective_scan_fwd.default, args)
+    cross = cross_inputs(1, 2, 5, 7, 2)
+    cross_args = (cross['u'].flatten(2), cross['delta'].reshape(1, 8, 35),
+                  cross['A'], cross['B'].reshape(1, 4, 2, 35),
+                  cross['C'].reshape(1, 4, 2, 35), cross['D'], None,
+                  cross['delta_bias'], True, 4, 5, 7)
+    torch.library.opcheck(torch.ops.mmssm.selective_scan_fwd.default,
+                          cross_args)
+
+
+@pytest.mark.cuda
+def test_torch_compile_full_graph():
+    inputs = selective_scan_inputs(2, 4, 50, 4, 'shared')
+    cross = cross_inputs(2, 3, 6, 5, 1)
+
+    def both_ops(scan_inputs, cross_inputs):
+        y = cuda_ops.selective_scan_cuda(**scan_inputs, delta_softplus=True)
+        y2 = cuda_ops.cross_selective_scan_cuda(**cross_inputs,
+                                                delta_softplus=True)
+        return y.sum() + y2.sum()
+
+    for value in list(inputs.values()) + list(cross.values()):
+        if value is not None:
+            value.requires_grad_()
+    compiled = torch.compile(both_ops, fullgraph=True, backend='aot_eager')
+    loss = compiled(inputs, cross)
+    loss.backward()
+    eager = both_ops(inputs, cross)
+    assert relative_error(loss, eager) < 1e-6
+    assert all(v.grad is not None for v in inputs.values() if v is not None)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(shutil.which('compute-sanitizer') is None,
+                    reason='compute-sanitizer is not on PATH')
+def test_kernels_memcheck_clean():
+    script = (
+        'import torch\n'
+        'from mmssm.ops import cuda_ops\n'
+        'for dt in (torch.float32, torch.bfloat16):\n'
+        '    u = torch.randn(2, 3, 300, device="cuda", dtype=dt)\n'
+        '    u.requires_grad_()\n'
+        '    A = -torch.rand(3, 5, device="cuda", requires_grad=True)\n'
+        '    B = torch.randn(2, 5, 300, device="cuda", dtype=dt)\n'
+        '    z = torch.randn(2, 3, 300, device="cuda", dtype=dt)\n'
+        '    cuda_ops.selective_scan_cuda(u, u, A, B, B, None, z, None,\n'
+        '        True).sum().backward()\n'
+        '    x = torch.randn(1, 3, 7, 5, device="cuda", dtype=dt)\n'
+        '    x.requires_grad_()\n'
+        '    d = torch.randn(1, 4, 3, 7, 5, device="cuda", dtype=dt)\n'
+        '    bc = torch.randn(1, 4, 2, 7, 5, device="cuda", dtype=dt)\n'
+        '    A4 = -torch.rand(12, 2, device="cuda", requires_grad=True)\n'
+        '    cuda_ops.cross_selective_scan_cuda(x, d, A4, bc, bc,\n'
+        '        delta_softplus=True).sum().backward()\n'
+        'torch.cuda.synchronize()\n')
+    result = subprocess.run(
+        ['compute-sanitizer', '--tool', 'memcheck', '--error-exitcode', '3',
+         sys.executable, '-c', script],
+        capture_output=True, text=True, env=dict(os.environ))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert 'ERROR SUMMARY: 0 errors' in result.stdout
+
+
+def test_cpu_input_is_refused_with_a_clear_error():
+    u = torch.randn(1, 2, 3)
+    with pytest.raises(ValueError, match='u must be a CUDA tensor'):
+        cuda_ops.selective_scan_cuda(u, u, -torch.ones(2, 1),
+                                     torch.ones(1, 1, 3), torch.ones(1, 1, 3))
+    with pytest.raises(ValueError, match='u must be a CUDA tensor'):
+        cuda_ops.cross_selective_scan_cuda(
+            torch.randn(1, 2, 3, 3), torch.randn(1, 4, 2, 3, 3),
+            -torch.ones(8, 1), torch.ones(1, 4, 1, 3, 3),
+            torch.ones(1, 4, 1, 3, 3))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('warp_per_sequence', [False, True])
+@pytest.mark.parametrize('length', [255, 769, 1300])
+def test_both_backward_kernels_match_reference(warp_per_sequence, length,
+                                               monkeypatch):
+    # Few sequences normally take the block kernel; a threshold of 1 forces
+    # the warp kernel.
+    if warp_per_sequence:
+        monkeypatch.setattr(cuda_ops, '_MIN_SEQUENCES_PER_WARP_BACKWARD', 1)
+    assert cuda_ops._backward_config(6, length)[2] == warp_per_sequence
+    inputs = selective_scan_inputs(2, 3, length, 5, 'grouped', groups=3)
+    errors = errors_against_reference(
+        inputs, cuda_ops.selective_scan_cuda, selective_scan_reference,
+        torch.float32, delta_softplus=True)
+    assert_close(errors, torch.float32)
+    cross = cross_inputs(1, 3, 7, length // 7, 2)
+    errors = errors_against_reference(
+        cross, cuda_ops.cross_selective_scan_cuda,
+        cross_selective_scan_reference, torch.float32, delta_softplus=True)
+    assert_close(errors, torch.float32)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('num_threads,num_items', [(32, 4), (64, 4),
+                                                   (128, 4), (128, 8)])
+def test_every_block_config_matches_reference(num_threads, num_items,
+                                              monkeypatch):
+    monkeypatch.setattr(cuda_ops, '_forward_config',
+                        lambda length: (num_threads, num_items))
+    if num_threads * num_items % cuda_ops._STATE_STRIDE == 0:
+        monkeypatch.setattr(cuda_ops, '_backward_config',
+                            lambda sequences, length:
+                            (num_threads, num_items, False))
+    for height, width in [(12, 25), (1, 1100)]:
+        inputs = selective_scan_inputs(2, 3, height * width, 3, 'shared')
+        errors = errors_against_reference(
+            inputs, cuda_ops.selective_scan_cuda, selective_scan_reference,
+            torch.float32, delta_softplus=True)
+        assert_close(errors, torch.float32)
+    cross = cross_inputs(1, 2, 12, 25, 2)
+    errors = errors_against_reference(
+        cross, cuda_ops.cross_selective_scan_cuda,
+        cross_selective_scan_reference, torch.float32, delta_softplus=True)
+    assert_close(errors, torch.float32)
+
+
+def test_forward_configs_cover_lengths_in_order():
+    bounds = [bound for bound, _, _ in cuda_ops._FORWARD_CONFIGS]
+    assert bounds == sorted(bounds)
+    assert cuda_ops._forward_config(1) == cuda_ops._FORWARD_CONFIGS[0][1:]
+    assert (cuda_ops._forward_config(bounds[-1] + 1) ==
+            cuda_ops._LONG_SEQUENCE_CONFIG)

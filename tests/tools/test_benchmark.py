@@ -1,0 +1,100 @@
+"""Tests of tools/benchmark.py on the CPU."""
+import importlib.util
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+TOOL = Path(__file__).resolve().parents[2] / 'tools' / 'benchmark.py'
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location('benchmark', TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _SleepyNet(nn.Module):
+    """A linear layer that sleeps a fixed time per forward pass."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor):
+        time.sleep(self.seconds)
+        return self.linear(x), {'aux': [x.sum()]}
+
+
+def test_measure_times_the_step():
+    tool = _load_tool()
+    result = tool.measure(_SleepyNet(0.02), (torch.randn(2, 4), ), 'infer',
+                          'fp32', warmup=1, repeats=3)
+    assert 0.02 <= result['seconds'] < 0.5
+    assert result['peak_mib'] > 0
+
+
+def test_train_mode_steps_the_optimizer():
+    tool = _load_tool()
+    model = _SleepyNet(0.0)
+    before = model.linear.weight.detach().clone()
+    tool.measure(model, (torch.randn(2, 4), ), 'train', 'bf16', warmup=0,
+                 repeats=2)
+    assert model.training
+    assert not torch.equal(model.linear.weight, before)
+    frozen = model.linear.weight.detach().clone()
+    tool.measure(model, (torch.randn(2, 4), ), 'infer', 'fp32', warmup=1,
+                 repeats=1)
+    assert not model.training
+    assert torch.equal(model.linear.weight, frozen)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(mode='eval'), 'mode must be'),
+    (dict(precision='fp8'), 'precision must be'),
+    (dict(repeats=0), 'repeats >= 1'),
+])
+def test_measure_rejects_bad_arguments(kwargs, match):
+    arguments = dict(mode='infer', precision='fp32', warmup=0, repeats=1)
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        _load_tool().measure(_SleepyNet(0.0), (torch.randn(1, 4), ),
+                             **arguments)
+
+
+TINY_VMAMBA = ('{"arch": {"embed_dims": 8, "depths": [1, 1, 1, 1], '
+               '"d_state": 1, "ssm_ratio": 1.0, "mlp_ratio": 2.0, '
+               '"version": "v2"}, "out_indices": [3]}')
+
+
+def test_main_prints_and_appends(tmp_path, capsys):
+    report = tmp_path / 'benchmarks.md'
+    report.write_text('# Benchmarks\n')
+    argv = [
+        'VMamba', '--backbone-kwargs', TINY_VMAMBA, '--shape', '32', '48',
+        '--batch-size', '2',
+        '--precision', 'fp32', 'bf16', '--warmup', '0', '--repeats', '1',
+        '--device', 'cpu', '--append-to',
+        str(report)
+    ]
+    table = _load_tool().main(argv)
+    assert table in capsys.readouterr().out
+    rows = [line for line in table.splitlines()[2:]]
+    assert len(rows) == 4
+    for row, (precision, mode) in zip(rows, [('fp32', 'infer'),
+                                             ('fp32', 'train'),
+                                             ('bf16', 'infer'),
+                                             ('bf16', 'train')]):
+        cells = [cell.strip() for cell in row.strip('|').split('|')]
+        assert cells[:5] == ['VMamba', mode, precision, '2', '32x48']
+        milliseconds, images_per_s = float(cells[5]), float(cells[6])
+        assert milliseconds > 0
+        assert images_per_s == pytest.approx(2e3 / milliseconds, rel=0.02)
+    text = report.read_text()
+    assert text.startswith('# Benchmarks\n')
+    assert '--append-to' in text and f'torch {torch.__version__}' in text
+    assert 'CUDA ' in text and table in text

@@ -1,0 +1,219 @@
+"""GPU benchmark of mmssm's compiled scan ops against their PyTorch paths.
+
+For each op at realistic layer shapes it times the forward pass and the
+forward + backward pass with CUDA events (warm-up, then the median of
+repeats), reads the peak memory of forward + backward, and relates the
+forward's essential traffic (each input read once, each output written once)
+to the bandwidth of a measured device-to-device copy. Prints a markdown table.
+
+Usage:
+    python tools/benchmark_ops.py [--repeats 20] [--ops selective_scan ...]
+        [--skip-pytorch]
+"""
+import argparse
+import os
+import statistics
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from mmssm.ops import backend, cross_selective_scan, selective_scan
+from mmssm.ops.dispatch import FORCE_PYTORCH_ENV
+
+
+@dataclass
+class Case:
+    """One benchmarked call: a name, an input factory and its byte count."""
+    op: str
+    name: str
+    make_inputs: Callable[[], Dict[str, torch.Tensor]]
+    kwargs: dict
+    essential_bytes: int
+
+
+def element_bytes(dtype: torch.dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
+
+
+def selective_scan_case(name: str, batch: int, dim: int, length: int,
+                        dstate: int, dtype: torch.dtype) -> Case:
+    """A Vim/V2M layer's scan: shared B/C, z gate, D, delta bias, softplus."""
+
+    def make_inputs() -> Dict[str, torch.Tensor]:
+        def act(*shape, scale=1.0, shift=0.0):
+            return (torch.randn(*shape, device='cuda') * scale +
+                    shift).to(dtype).requires_grad_()
+
+        def weight(*shape, scale=1.0):
+            return (torch.randn(*shape, device='cuda') *
+                    scale).requires_grad_()
+
+        return dict(
+            u=act(batch, dim, length),
+            delta=act(batch, dim, length, scale=0.5, shift=-1.0),
+            A=(-torch.rand(dim, dstate, device='cuda') - 0.1).requires_grad_(),
+            B=act(batch, dstate, length),
+            C=act(batch, dstate, length),
+            D=weight(dim),
+            z=act(batch, dim, length),
+            delta_bias=weight(dim, scale=0.3))
+
+    size = element_bytes(dtype)
+    traffic = (4 * batch * dim * length + 2 * batch * dstate * length) * size
+    return Case('selective_scan', name, make_inputs,
+                dict(delta_softplus=True), traffic)
+
+
+def cross_scan_case(name: str, batch: int, dim: int, height: int, width: int,
+                    dstate: int, dtype: torch.dtype) -> Case:
+    """A VMamba SS2D core: four directions, D, delta bias, softplus."""
+
+    def make_inputs() -> Dict[str, torch.Tensor]:
+        def act(*shape, scale=1.0, shift=0.0):
+            return (torch.randn(*shape, device='cuda') * scale +
+                    shift).to(dtype).requires_grad_()
+
+        return dict(
+            u=act(batch, dim, height, width),
+            delta=act(batch, 4, dim, height, width, scale=0.5, shift=-1.0),
+            A=(-torch.rand(4 * dim, dstate, device='cuda') -
+               0.1).requires_grad_(),
+            B=act(batch, 4, dstate, height, width),
+            C=act(batch, 4, dstate, height, width),
+            D=torch.randn(4 * dim, device='cuda').requires_grad_(),
+            delta_bias=(torch.randn(4 * dim, device='cuda') *
+                        0.3).requires_grad_())
+
+    pixels = batch * height * width
+    traffic = (pixels * dim * 6 + pixels * 8 * dstate) * element_bytes(dtype)
+    return Case('cross_selective_scan', name, make_inputs,
+                dict(delta_softplus=True), traffic)
+
+
+def benchmark_cases() -> List[Case]:
+    bf16, fp16 = torch.bfloat16, torch.float16
+    return [
+        selective_scan_case('Vim-S layer 224² b64 (E=768, L=197, N=16)', 64,
+                            768, 197, 16, bf16),
+        selective_scan_case('Vim-S layer 1024² b8 (E=768, L=4097, N=16)', 8,
+                            768, 4097, 16, bf16),
+        cross_scan_case('VMamba-T stage 1 224² b64 (D=96, 56×56, N=1)', 64,
+                        96, 56, 56, 1, fp16),
+        cross_scan_case('VMamba-T stage 2 224² b64 (D=192, 28×28, N=1)', 64,
+                        192, 28, 28, 1, fp16),
+        cross_scan_case('VMamba-T stage 3 224² b64 (D=384, 14×14, N=1)', 64,
+                        384, 14, 14, 1, fp16),
+        cross_scan_case('VMamba-T stage 1 1280×800 b2 (D=96, 200×320, N=1)',
+                        2, 96, 200, 320, 1, fp16),
+        cross_scan_case('VMamba-S stage 1 1333×800 b2 (D=96, 200×334, N=1)',
+                        2, 96, 200, 334, 1, fp16),
+    ]
+
+
+OPS = {'selective_scan': selective_scan,
+       'cross_selective_scan': cross_selective_scan}
+
+
+def time_ms(fn: Callable[[], None], warmup: int, repeats: int) -> float:
+    """Median milliseconds of ``fn`` over ``repeats`` CUDA-event timings."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def copy_bandwidth_gbs() -> float:
+    """Device-to-device copy bandwidth (bytes read + written per second)."""
+    source = torch.randn(256 * 1024 * 1024, device='cuda')
+    target = torch.empty_like(source)
+    ms = time_ms(lambda: target.copy_(source), 3, 10)
+    bandwidth = 2 * source.numel() * source.element_size() / ms / 1e6
+    del source, target
+    torch.cuda.empty_cache()
+    return bandwidth
+
+
+def run_case(case: Case, pytorch_path: bool, repeats: int) -> Dict[str, float]:
+    """Forward and forward+backward times and peak memory of one path."""
+    previous = os.environ.get(FORCE_PYTORCH_ENV)
+    os.environ[FORCE_PYTORCH_ENV] = '1' if pytorch_path else '0'
+    try:
+        inputs = case.make_inputs()
+        op = OPS[case.op]
+        grad_out = None
+
+        def forward():
+            with torch.no_grad():
+                op(**inputs, **case.kwargs)
+
+        def forward_backward():
+            nonlocal grad_out
+            out = op(**inputs, **case.kwargs)
+            if grad_out is None:
+                grad_out = torch.randn_like(out)
+            torch.autograd.backward(out, grad_out,
+                                    inputs=list(inputs.values()))
+
+        fwd = time_ms(forward, 3, repeats)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+        fwd_bwd = time_ms(forward_backward, 3, repeats)
+        peak = torch.cuda.max_memory_allocated() - baseline
+        return dict(fwd=fwd, fwd_bwd=fwd_bwd, peak_mib=peak / 2**20)
+    except torch.cuda.OutOfMemoryError:
+        return dict(fwd=float('nan'), fwd_bwd=float('nan'),
+                    peak_mib=float('nan'))
+    finally:
+        if previous is None:
+            os.environ.pop(FORCE_PYTORCH_ENV)
+        else:
+            os.environ[FORCE_PYTORCH_ENV] = previous
+        torch.cuda.empty_cache()
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--repeats', type=int, default=20)
+    parser.add_argument('--ops', nargs='*', default=list(OPS))
+    parser.add_argument('--skip-pytorch', action='store_true',
+                        help='time only the compiled ops')
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit('benchmark_ops.py needs a CUDA device')
+    missing = [op for op in args.ops if backend(op) != 'cuda']
+    if missing:
+        raise SystemExit(f'no compiled CUDA op for {missing}: build mmssm._ext '
+                         'first (python setup.py build_ext --inplace)')
+    copy_gbs = copy_bandwidth_gbs()
+    print(f'GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, '
+          f'device-to-device copy {copy_gbs:.0f} GB/s')
+    header = ('| op | case | path | fwd ms | fwd+bwd ms | peak MiB | '
+              'fwd GB/s | fwd % of copy |')
+    rows = [header, '|' + ' --- |' * 8]
+    for case in benchmark_cases():
+        if case.op not in args.ops:
+            continue
+        paths = ['cuda'] if args.skip_pytorch else ['cuda', 'pytorch']
+        for path in paths:
+            result = run_case(case, path == 'pytorch', args.repeats)
+            gbs = case.essential_bytes / result['fwd'] / 1e6
+            rows.append(
+                f'| {case.op} | {case.name} | {path} | {result["fwd"]:.3f} | '
+                f'{result["fwd_bwd"]:.3f} | {result["peak_mib"]:.0f} | '
+                f'{gbs:.0f} | {100 * gbs / copy_gbs:.0f}% |')
+            print(rows[-1], flush=True)
+    print('\n'.join(rows))
+
+
+if __name__ == '__main__':
+    main()
