@@ -107,7 +107,9 @@ def _tensors(outputs: Any) -> Iterator[Tensor]:
 
 def _stand_in_loss(outputs: Any) -> Tensor:
     """Sum of the means of every floating output (a loss to backpropagate)."""
-    terms = [t.float().mean() for t in _tensors(outputs) if t.is_floating_point()]
+    terms = [
+        t.float().mean() for t in _tensors(outputs) if t.is_floating_point()
+    ]
     if not terms:
         raise ValueError('the model returned no floating-point tensor to '
                          'backpropagate')
@@ -280,8 +282,9 @@ def environment_header(args: argparse.Namespace,
         for a in ['python', 'tools/benchmark.py'] +
         (sys.argv[1:] if argv is None else list(argv)))
     backends = backend()
+    now = datetime.datetime.now(datetime.timezone.utc)
     return '\n'.join([
-        f'### {args.model} ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)',
+        f'### {args.model} ({now:%Y-%m-%d %H:%M} UTC)',
         '',
         f'- command: `{command}`',
         f'- device: {device_name(torch.device(args.device))}',

@@ -20,7 +20,8 @@ WORK_DIR=${WORK_DIR:-work_dirs/demo_mask_rcnn_v2m_s_1x}
 EPOCHS=${EPOCHS:-2}
 DATA=data/demo_coco/
 
-"$PY" tools/data/make_coco.py "$DATA" --num-train 32 --num-val 8 \
+rm -rf "$DATA"
+"$PY" tools/data/make_coco.py "$DATA" --num-train 16 --num-val 8 \
   --size 128 128 --seed 0
 
 # The same data/model overrides for training and testing.

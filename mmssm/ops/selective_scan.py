@@ -70,17 +70,21 @@ def compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
 
 def linear_recurrence(log_decay: Tensor,
                       inputs: Tensor,
-                      initial_state: Optional[Tensor] = None) -> Tensor:
+                      initial_state: Optional[Tensor] = None,
+                      reverse: bool = False) -> Tensor:
     """All states of h_t = exp(log_decay_t) * h_{t-1} + inputs_t.
 
     The recurrence runs along the last dimension, elementwise over the
-    others, with h_{-1} = ``initial_state`` (zeros where None).
+    others, with h_{-1} = ``initial_state`` (zeros where None). With
+    ``reverse`` it runs from the end: h_t = exp(log_decay_t) * h_{t+1} +
+    inputs_t with h_L = ``initial_state``, without flipping any tensor.
 
     Args:
         log_decay: (..., L) log of each step's decay (<= 0 for a decaying
             recurrence; positive values are computed exactly too).
         inputs: (..., L) input of each step, same shape as ``log_decay``.
         initial_state: Optional (...) state before the first step.
+        reverse: Run the recurrence from the last step to the first.
 
     Returns:
         (..., L) states h_0 ... h_{L-1}.
@@ -94,11 +98,11 @@ def linear_recurrence(log_decay: Tensor,
                          f'{tuple(initial_state.shape)}')
     if length == 0:
         raise ValueError('log_decay and inputs must have L >= 1 steps')
-    return _pairwise_scan(log_decay, inputs, initial_state)
+    return _pairwise_scan(log_decay, inputs, initial_state, reverse)
 
 
 def _pairwise_scan(log_decay: Tensor, inputs: Tensor,
-                   initial_state: Optional[Tensor]) -> Tensor:
+                   initial_state: Optional[Tensor], reverse: bool) -> Tensor:
     """:func:`linear_recurrence` on validated arguments."""
     *lead, length = inputs.shape
     if length == 1:
@@ -106,24 +110,39 @@ def _pairwise_scan(log_decay: Tensor, inputs: Tensor,
             return inputs
         return inputs + log_decay.exp() * initial_state.unsqueeze(-1)
     if length % 2:
-        # A zero log-decay and a zero input keep the last state unchanged.
-        log_decay = F.pad(log_decay, (0, 1))
-        inputs = F.pad(inputs, (0, 1))
+        # A zero log-decay and a zero input, placed after the last step in
+        # scan order, keep the final state unchanged.
+        padding = (1, 0) if reverse else (0, 1)
+        log_decay = F.pad(log_decay, padding)
+        inputs = F.pad(inputs, padding)
     pairs = inputs.shape[-1] // 2
     log_decay = log_decay.reshape(*lead, pairs, 2)
     inputs = inputs.reshape(*lead, pairs, 2)
-    first_log_decay, second_log_decay = log_decay.unbind(-1)
-    first_input, second_input = inputs.unbind(-1)
-    # State after each pair given a zero entering state: [a_1, 1] . x.
-    pair_ends = second_log_decay.exp() * first_input + second_input
-    ends = _pairwise_scan(first_log_decay + second_log_decay, pair_ends,
-                          initial_state)
-    start = (inputs.new_zeros(lead)
-             if initial_state is None else initial_state.to(inputs.dtype))
-    entering = torch.cat([start.unsqueeze(-1), ends[..., :-1]], dim=-1)
-    firsts = first_input + first_log_decay.exp() * entering
-    return torch.stack([firsts, ends], dim=-1).reshape(*lead,
-                                                       2 * pairs)[..., :length]
+    left_log_decay, right_log_decay = log_decay.unbind(-1)
+    left_input, right_input = inputs.unbind(-1)
+    if reverse:
+        early_log_decay, early_input = right_log_decay, right_input
+        late_log_decay, late_input = left_log_decay, left_input
+    else:
+        early_log_decay, early_input = left_log_decay, left_input
+        late_log_decay, late_input = right_log_decay, right_input
+    # State after each pair, given a zero state entering it, is the pair's
+    # (2 x 2) masked decay matrix [[1, 0], [a_late, 1]] applied to its inputs.
+    pair_ends = late_log_decay.exp() * early_input + late_input
+    ends = _pairwise_scan(early_log_decay + late_log_decay, pair_ends,
+                          initial_state, reverse)
+    start = (inputs.new_zeros(lead).unsqueeze(-1) if initial_state is None
+             else initial_state.to(inputs.dtype).unsqueeze(-1))
+    # The state entering a pair is the end state of its predecessor in scan
+    # order (the pair to the left, or to the right when reversed).
+    if reverse:
+        entering = torch.cat([ends[..., 1:], start], dim=-1)
+    else:
+        entering = torch.cat([start, ends[..., :-1]], dim=-1)
+    early_states = early_input + early_log_decay.exp() * entering
+    pair_states = (ends, early_states) if reverse else (early_states, ends)
+    states = torch.stack(pair_states, dim=-1).reshape(*lead, 2 * pairs)
+    return states[..., -length:] if reverse else states[..., :length]
 
 
 def _expand_input_matrix(matrix: Tensor, batch: int, dim: int,

@@ -44,15 +44,12 @@ corner makes ``y(i, j)`` depend on exactly the quadrant of pixels between
 that corner and ``(i, j)`` (``'tl'``: rows ``<= i`` and columns ``<= j``;
 ``'br'``: rows ``>= i`` and columns ``>= j``; and so on).
 
-The PyTorch path reorders each pass into ``mmssm.ops.selective_scan``'s
-``(batch, channels, length)`` layout (lines into the batch, the ``K`` corners
-into the channels, each corner's walk order along the positions by a
-``gather`` with a small ``(K, H*W)`` index, grouped ``B``/``C`` with one group
-per corner) and maps the result back with the inverse order. Those reorders
-are the only copies; a compiled kernel (``v2m_corner_scan_cuda``) reads the
-spatial layout directly.
+The PyTorch path puts every corner's lines into walk order with one gather
+per tensor and advances all corners, lines, channels and batch items together
+in one loop over the positions of a line (the grid side, e.g. 14), vectorised
+over everything else; a compiled kernel (``v2m_corner_scan_cuda``, through
+:mod:`mmssm.ops.dispatch`) reads the spatial layout directly.
 """
-import functools
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -60,7 +57,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .dispatch import run_op
-from .selective_scan import selective_scan
 
 CORNERS = ('tl', 'tr', 'bl', 'br')
 AXES = ('row', 'col')
@@ -138,76 +134,27 @@ def _check_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     return batch, num_corners, dim, height, width
 
 
-@functools.lru_cache(maxsize=32)
-def _walk_order(height: int, width: int, axis: str, corners: Tuple[str, ...],
-                device: torch.device) -> Tensor:
-    """The pixels each corner visits, line by line.
+def _walk(x: Tensor, axis: str, corners: Tuple[str, ...]) -> Tensor:
+    """Reorder ``x`` (batch, K, C, H, W) along ``axis`` into walk order.
 
-    Returns:
-        ``(K, H * W)`` long tensor: entry ``[k, line * length + step]`` is
-        the row-major pixel index corner ``k`` visits at ``step`` of ``line``
-        (lines are rows for ``axis='row'``, else columns).
+    Corner ``k``'s line positions are reversed where it walks backwards.
+    Reversal is its own inverse, so the same call maps walk order back.
     """
-    lines, length = (height, width) if axis == 'row' else (width, height)
-    line = torch.arange(lines, device=device).view(-1, 1)
-    step = torch.arange(length, device=device).view(1, -1)
-    orders = []
-    for corner in corners:
-        position = (length - 1 - step) if _walks_backwards(corner,
-                                                           axis) else step
-        pixel = (line * width + position if axis == 'row' else position *
-                 width + line)
-        orders.append(pixel.reshape(-1))
-    return torch.stack(orders)
+    dim = -1 if axis == 'row' else -2
+    length = x.shape[dim]
+    step = torch.arange(length, device=x.device)
+    order = torch.stack([
+        length - 1 - step if _walks_backwards(corner, axis) else step
+        for corner in corners
+    ])
+    shape = [1, len(corners), 1, 1, 1]
+    shape[dim] = length
+    return x.gather(dim, order.view(shape).expand(x.shape))
 
 
-@functools.lru_cache(maxsize=32)
-def _walk_position(height: int, width: int, axis: str,
-                   corners: Tuple[str, ...], device: torch.device) -> Tensor:
-    """Inverse of :func:`_walk_order`: each pixel's walk position."""
-    return torch.argsort(_walk_order(height, width, axis, corners, device),
-                         dim=1)
-
-
-def _to_lines(x: Tensor, num_corners: int, axis: str,
-              corners: Tuple[str, ...]) -> Tensor:
-    """Reorder a spatial tensor into ``(batch * lines, K * C, length)``.
-
-    ``x`` is ``(batch, K, C, H, W)`` or ``(batch, C, H, W)`` (shared by the
-    corners). Lines go into the batch, corners into the channels, and each
-    corner's walk order along the positions.
-    """
-    batch, channels, height, width = (x.shape[0], x.shape[-3], x.shape[-2],
-                                      x.shape[-1])
-    pixels = height * width
-    flat = x.reshape(batch, -1, channels, pixels).expand(
-        batch, num_corners, channels, pixels)
-    order = _walk_order(height, width, axis, corners, x.device)
-    walked = flat.gather(
-        -1,
-        order.view(1, num_corners, 1, pixels).expand(batch, -1, channels,
-                                                     -1))
-    lines, length = (height, width) if axis == 'row' else (width, height)
-    walked = walked.view(batch, num_corners, channels, lines, length)
-    return walked.permute(0, 3, 1, 2, 4).reshape(batch * lines,
-                                                 num_corners * channels,
-                                                 length)
-
-
-def _from_lines(y: Tensor, batch: int, num_corners: int, channels: int,
-                height: int, width: int, axis: str,
-                corners: Tuple[str, ...]) -> Tensor:
-    """Inverse of :func:`_to_lines` for a per-corner tensor."""
-    lines, length = (height, width) if axis == 'row' else (width, height)
-    pixels = height * width
-    walked = y.view(batch, lines, num_corners, channels, length).permute(
-        0, 2, 3, 1, 4).reshape(batch, num_corners, channels, pixels)
-    position = _walk_position(height, width, axis, corners, y.device)
-    restored = walked.gather(
-        -1,
-        position.view(1, num_corners, 1, pixels).expand(
-            batch, -1, channels, -1))
-    return restored.view(batch, num_corners, channels, height, width)
+def _lines_first(x: Tensor, axis: str) -> Tensor:
+    """(batch, K, C, H, W) -> (length, batch, K, C, lines), contiguous."""
+    return x.movedim(-1 if axis == 'row' else -2, 0).contiguous()
 
 
 def _v2m_corner_scan_pytorch(u: Tensor,
@@ -220,30 +167,59 @@ def _v2m_corner_scan_pytorch(u: Tensor,
                              delta_bias: Optional[Tensor] = None,
                              delta_softplus: bool = False,
                              axis: str = 'row',
-                             corners: Sequence[str] = CORNERS) -> Tensor:
-    """PyTorch path of :func:`v2m_corner_scan` (inputs already checked)."""
+                             corners: Tuple[str, ...] = CORNERS) -> Tensor:
+    """PyTorch path of :func:`v2m_corner_scan` (inputs already checked).
+
+    Every corner's lines are put in walk order (one gather per tensor), then
+    one loop over the ``length`` positions of a line (the grid side: 14 for
+    a 224^2 input with 16-pixel patches) advances the states of all corners,
+    lines, channels and batch items at once. For lines this short a
+    sequential recurrence beats a log-depth parallel scan on the CPU.
+    """
     batch, num_corners, dim, height, width = delta.shape
-    scan_b, scan_c = B, C
-    if B.dim() == 5:
-        state = B.shape[2]
-        scan_b = _to_lines(B, num_corners, axis, corners).unflatten(
-            1, (num_corners, state))
-    if C.dim() == 5:
-        state = C.shape[2]
-        scan_c = _to_lines(C, num_corners, axis, corners).unflatten(
-            1, (num_corners, state))
-    y = selective_scan(
-        _to_lines(u, num_corners, axis, corners),
-        _to_lines(delta, num_corners, axis, corners),
-        A,
-        scan_b,
-        scan_c,
-        D=D,
-        z=None if z is None else _to_lines(z, num_corners, axis, corners),
-        delta_bias=delta_bias,
-        delta_softplus=delta_softplus)
-    return _from_lines(y, batch, num_corners, dim, height, width, axis,
-                       corners)
+    state = A.shape[1]
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        dtype = torch.promote_types(u.dtype, torch.float32)
+        u_full = u.to(dtype)
+        if u_full.dim() == 4:
+            u_full = u_full.unsqueeze(1).expand(delta.shape)
+        dt = delta.to(dtype)
+        if delta_bias is not None:
+            dt = dt + delta_bias.to(dtype).view(num_corners, dim, 1, 1)
+        if delta_softplus:
+            dt = F.softplus(dt)
+        decay_rate = A.to(dtype).view(1, num_corners, dim, 1, state)
+        walked_dt = _lines_first(_walk(dt, axis, corners), axis)
+        walked_drive = _lines_first(_walk(dt * u_full, axis, corners), axis)
+
+        def per_step(matrix: Tensor) -> Tensor:
+            """B or C as (length, batch, K, 1, lines, N) or (1, K, D, 1, N)."""
+            if matrix.dim() == 2:
+                return matrix.to(dtype).view(1, num_corners, dim, 1, state)
+            walked = _lines_first(_walk(matrix.to(dtype), axis, corners),
+                                  axis)
+            return walked.transpose(-1, -2).unsqueeze(3)
+
+        input_matrix, output_matrix = per_step(B), per_step(C)
+        h = torch.zeros(batch, num_corners, dim, height * width //
+                        walked_dt.shape[0], state, dtype=dtype,
+                        device=u.device)
+        outputs = []
+        for step in range(walked_dt.shape[0]):
+            b_t = input_matrix[step] if B.dim() == 5 else input_matrix
+            c_t = output_matrix[step] if C.dim() == 5 else output_matrix
+            h = torch.exp(walked_dt[step].unsqueeze(-1) * decay_rate) * h + (
+                walked_drive[step].unsqueeze(-1) * b_t)
+            outputs.append((h * c_t).sum(-1))
+        y = torch.stack(outputs)
+        y = y.movedim(0, -1 if axis == 'row' else -2)
+        y = _walk(y, axis, corners)
+        if D is not None:
+            y = y + D.to(dtype).view(num_corners, dim, 1, 1) * u_full
+        if z is not None:
+            gate = z.to(dtype)
+            y = y * F.silu(gate if gate.dim() == 5 else gate.unsqueeze(1))
+    return y.to(u.dtype)
 
 
 def v2m_corner_scan(u: Tensor,

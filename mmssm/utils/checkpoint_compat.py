@@ -83,7 +83,7 @@ def mmengine_checkpoint_safe_globals() -> list[Any]:
 
 
 def register_mmengine_safe_globals() -> None:
-    """Allow-list the globals of mmengine checkpoints for ``weights_only`` loads.
+    """Allow-list mmengine checkpoints' globals for ``weights_only`` loads.
 
     Idempotent; call it before ``Runner.resume``/``load_checkpoint``.
     """

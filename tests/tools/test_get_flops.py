@@ -129,6 +129,19 @@ def test_wavefront_scan_handle():
         2 * 9 * pixels * state + pixels)
 
 
+def test_attention_handle():
+
+    class Attention(nn.Module):
+
+        def forward(self, q, k, v):
+            return nn.functional.scaled_dot_product_attention(q, k, v)
+
+    q, k, v = (torch.randn(2, 3, 5, 4), torch.randn(2, 3, 7, 4),
+               torch.randn(2, 3, 7, 6))
+    analyzer = analyze_flops(Attention(), (q, k, v))
+    assert analyzer.total() == 2 * 3 * 5 * 7 * (4 + 6)
+
+
 def test_traced_ops_keep_values_and_gradients():
     """Inside the context the op runs as one Function: same y and grads."""
     u, kwargs, _ = _selective_scan_case(True, True, False)
@@ -141,13 +154,16 @@ def test_traced_ops_keep_values_and_gradients():
 
     def run():
         y, state = selective_scan(**inputs, return_last_state=True)
-        weights = torch.randn_like(y, generator=torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(0)
+        weights = torch.randn(y.shape, generator=generator, dtype=y.dtype)
         loss = (y * weights).sum() + state.square().sum()
         return (y, state), torch.autograd.grad(loss, tensors)
 
     (y_ref, state_ref), grads_ref = run()
     with traced_scan_ops():
         (y, state), grads = run()
+    # The op ran as one Function, whose backward recomputed it.
+    assert type(y.grad_fn).__name__ == 'SelectiveScanOpBackward'
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(state, state_ref, rtol=1e-12, atol=1e-12)
     for grad, grad_ref in zip(grads, grads_ref):

@@ -1,4 +1,5 @@
-"""mmssm.utils.checkpoint_compat: weights_only loads of mmengine checkpoints."""
+"""mmssm.utils.checkpoint_compat: weights_only loads of mmengine
+checkpoints."""
 import pickle
 import subprocess
 import sys

@@ -9,13 +9,24 @@ selective scan, + B·L·D per D skip and per z gate).
 MODEL is a config file (the whole mmpretrain/mmdet/mmseg model, or its
 backbone with ``--backbone-only``) or ``Type[:arch]`` of a registered mmssm
 backbone, measured with a global-average-pool + linear classifier of
-``--num-classes`` classes (0: the bare backbone).
+``--num-classes`` classes (0: the bare backbone). Weights stay at their
+random initialisation; a two-stage detector's RoI heads are counted for the
+proposals its RPN keeps on the random input (as mmdet's own tool does).
+
+Published 224x224 counts: VMamba-T/S/B 4.906 / 8.716 / 15.359 G, equal to
+the authors' 4.9 / 8.7 / 15.4 G (their fvcore setup, whose scan rule this
+tool uses). Vim-T/S (``--backbone-kwargs '{"out_indices": [-1],
+"pyramid_strides": null}'``) count 1.808 / 5.882 G against the published
+1.5 / 5.1 G, which come from LocalMamba's analytic formula (5·L·D·N per scan
+and one direction's x_proj/dt_proj; it gives 1.475 / 5.118 G). See
+``tests/tools/test_get_flops.py`` for V2M and V2M*.
 
 Examples:
     python tools/analysis/get_flops.py VMamba:tiny
     python tools/analysis/get_flops.py V2MPyramid:small --shape 512 512
-    python tools/analysis/get_flops.py configs/upernet_vmamba_t_160k_ade20k.py \
-        --shape 512 2048 --backbone-only
+    python tools/analysis/get_flops.py \
+        configs/upernet_vmamba_t_160k_ade20k.py --shape 512 2048 \
+        --backbone-only
 """
 import argparse
 import json

@@ -269,7 +269,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
                                  args.seed))
     erf = compute_erf(backbone, batches, args.out_index, args.device)
     ratios = {t: high_contribution_area_ratio(erf, t) for t in AREA_THRESHOLDS}
-    weights = osp.basename(args.checkpoint) if args.checkpoint else 'random init'
+    weights = (osp.basename(args.checkpoint)
+               if args.checkpoint else 'random init')
     inputs = f'{args.num_images} images' if args.images else (
         f'{args.num_images} random inputs')
     save_heat_map(erf, args.out,

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmcv.cnn.bricks import DropPath
+from ..layers.drop_path import DropPath
 from torch import Tensor, nn
 
 from mmssm.ops import wavefront_scan_2d

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmcv.cnn.bricks import DropPath
+from ..layers.drop_path import DropPath
 from torch import nn
 
 from mmssm.ops import cross_selective_scan

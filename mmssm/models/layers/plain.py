@@ -27,7 +27,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmcv.cnn.bricks.drop import DropPath
+from .drop_path import DropPath
 from torch import nn
 
 Grid = Tuple[int, int]

@@ -68,9 +68,14 @@ from typing import (Any, Callable, Dict, Iterator, List, Optional, Sequence,
 
 import torch
 from mmengine.analysis import FlopAnalyzer
+from mmengine.analysis.jit_handles import get_shape
+from mmengine.config import Config
+from mmengine.registry import MODELS as ROOT_MODELS
 from torch import Tensor, nn
 
 from mmssm.ops import dispatch
+from mmssm.registry import MODELS
+from mmssm.utils.run_setup import init_config_scope
 
 #: FLOPs per state element and step of a selective scan (Mamba's count).
 SCAN_FLOPS_PER_STATE = 9
@@ -432,6 +437,37 @@ SCAN_FLOP_HANDLES: Dict[str, Callable] = {
     for function, _, _ in _SCAN_OPS.values()
 }
 
+def attention_flop_handle(inputs: List[Any], outputs: List[Any]) -> int:
+    """FlopAnalyzer handle of ``aten::scaled_dot_product_attention``.
+
+    Counts the two matrix products as fvcore counts matmuls (one FLOP per
+    multiply-add): ``Q·K^T`` and ``softmax·V``; the softmax is free, like
+    every elementwise op.
+
+    Args:
+        inputs: The node's inputs (query, key, value, ...).
+        outputs: The node's outputs.
+
+    Returns:
+        ``prod(batch dims) · Lq · Lk · (E + Ev)``.
+    """
+    query, key, value = (get_shape(v) for v in inputs[:3])
+    if query is None or key is None or value is None:
+        raise ValueError('scaled_dot_product_attention: the trace lost the '
+                         'shapes of query/key/value')
+    batch = 1
+    for size in query[:-2]:
+        batch *= size
+    query_length, key_length = query[-2], key[-2]
+    return batch * query_length * key_length * (query[-1] + value[-1])
+
+
+#: Handles of ops that mmengine's defaults leave uncounted but the mmssm
+#: models use for matrix products.
+MATMUL_LIKE_FLOP_HANDLES: Dict[str, Callable] = {
+    'aten::scaled_dot_product_attention': attention_flop_handle,
+}
+
 #: Elementwise ops that the authors' fvcore setup marks free rather than
 #: unsupported (VMamba's ``flops``); listed so they do not raise warnings.
 FREE_OPS: Tuple[str, ...] = ('aten::silu', 'aten::neg', 'aten::exp',
@@ -458,6 +494,7 @@ def analyze_flops(model: nn.Module,
     """
     analyzer = FlopAnalyzer(model, inputs)
     analyzer.set_op_handle(**SCAN_FLOP_HANDLES)
+    analyzer.set_op_handle(**MATMUL_LIKE_FLOP_HANDLES)
     analyzer.set_op_handle(**{op: None for op in FREE_OPS})
     analyzer.unsupported_ops_warnings(False)
     analyzer.uncalled_modules_warnings(False)
@@ -549,22 +586,18 @@ def build_analysis_model(spec: str,
             kinds), e.g. ``dict(out_indices=(3,))``.
 
     Returns:
-        The model in eval mode, on the CPU.
+        The model in eval mode, on the CPU, randomly initialised (building
+        does not run ``init_weights``, so no checkpoint is read).
     """
-    import mmssm.models  # noqa: F401  (registers the backbones)
-    from mmssm.registry import MODELS
+    # Registers the backbones (imported here: mmssm.models imports this
+    # package).
+    import mmssm.models  # noqa: F401
     backbone_kwargs = dict(backbone_kwargs or {})
     if spec.endswith('.py'):
-        from mmengine.config import Config
-        from mmengine.registry import MODELS as ROOT_MODELS
-
-        from mmssm.utils.run_setup import init_config_scope
         cfg = Config.fromfile(spec)
         init_config_scope(cfg)
         model_cfg = cfg.model
         model_cfg.backbone.update(backbone_kwargs)
-        # Analyses measure the architecture: no pretrained weights needed.
-        model_cfg.backbone.pop('init_cfg', None)
         model = ROOT_MODELS.build(
             model_cfg.backbone if backbone_only else model_cfg)
     else:

@@ -1,0 +1,346 @@
+// Mamba2D's 2D wavefront scan (forward and backward), channel-last.
+//
+// Per channel e and state n, with gates a_X = exp(dt_X A_X) and inputs
+// u_X = dt_X B_X x at the destination pixel (X = t for the top neighbour,
+// l for the left one):
+//   h(0,0) = u_l; h(0,j) = a_l h(0,j-1) + u_l; h(i,0) = a_t h(i-1,0) + u_t;
+//   h(i,j) = 1/2 [a_l h(i,j-1) + u_l + a_t h(i-1,j) + u_t] inside;
+//   y = sum_n C h + D x.
+// 'br' runs the same recurrence from the bottom-right corner by mapping
+// logical (i, j) to the pixel (H-1-i, W-1-j); nothing is flipped in memory.
+//
+// Pixel (i, j) needs (i, j-1) and (i-1, j), so a block owns a set of
+// (channel, state) pairs of one batch element, one warp per column of a
+// tile of columns, and walks the tile's anti-diagonals: at step t warp c
+// handles row t - c, gets the left neighbour's state from warp c - 1 through
+// shared memory and keeps its own previous row's state in a register. One
+// launch covers the whole map: the tiles run left to right, the last column
+// of a tile handing its states to the next tile through global memory (the
+// forward pass keeps them for the backward pass).
+//
+// Backward, one launch: the tiles run right to left; each tile's states are
+// recomputed from its saved left boundary into a tile-sized scratch, then the
+// adjoint recurrence runs along the reversed anti-diagonals:
+//   g(i,j) = C dy + s(i,j+1) a_l(i,j+1) g(i,j+1) + s(i+1,j) a_t(i+1,j)
+//            g(i+1,j),
+// with s the 1/2 of interior pixels.
+#pragma once
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+
+#include "selective_scan_kernel.cuh"
+#include "wavefront_scan_params.h"
+
+namespace mmssm {
+
+// Sum over the lanes of one channel (aligned groups of `lanes` lanes).
+template <typename acc_t>
+__device__ __forceinline__ acc_t sum_over_states(acc_t value, int lanes) {
+  for (int offset = lanes >> 1; offset > 0; offset >>= 1)
+    value += __shfl_xor_sync(0xffffffffu, value, offset);
+  return value;
+}
+
+// Sum over the channels of a warp: afterwards lane n (< lanes) holds the
+// sum of state n over the warp's channels.
+template <typename acc_t>
+__device__ __forceinline__ acc_t sum_over_channels(acc_t value, int lanes) {
+  for (int offset = lanes; offset < 32; offset <<= 1)
+    value += __shfl_xor_sync(0xffffffffu, value, offset);
+  return value;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t sigmoid_acc(acc_t x) {
+  return acc_t(1) / (acc_t(1) + exp_acc(-x));
+}
+
+// The (channel, state) pair of this thread and its weights.
+template <typename acc_t>
+struct WavefrontLane {
+  int lane, batch, channel, state;
+  bool valid;  // channel < channels and state < dstate
+  acc_t A_t, A_l, D, bias_t, bias_l;
+
+  __device__ WavefrontLane(const WavefrontScanParams &p) {
+    lane = threadIdx.x;
+    batch = blockIdx.y;
+    state = lane % p.lanes_per_channel;
+    channel = blockIdx.x * (32 / p.lanes_per_channel) +
+              lane / p.lanes_per_channel;
+    valid = channel < p.channels && state < p.dstate;
+    const int weight = channel * p.dstate + state;
+    A_t = valid ? static_cast<const acc_t *>(p.A_t)[weight] : acc_t(0);
+    A_l = valid ? static_cast<const acc_t *>(p.A_l)[weight] : acc_t(0);
+    const bool has_channel = channel < p.channels;
+    D = has_channel && p.D ? static_cast<const acc_t *>(p.D)[channel]
+                           : acc_t(0);
+    bias_t = has_channel && p.delta_bias_t
+                 ? static_cast<const acc_t *>(p.delta_bias_t)[channel]
+                 : acc_t(0);
+    bias_l = has_channel && p.delta_bias_l
+                 ? static_cast<const acc_t *>(p.delta_bias_l)[channel]
+                 : acc_t(0);
+  }
+};
+
+// Inputs of one pixel for one lane, and its gates.
+template <typename acc_t>
+struct WavefrontPixel {
+  long long pixel;  // (batch, row, column) index of the logical (i, j)
+  bool has_top, has_left, use_left;
+  acc_t scale;  // 1/2 inside the map, 1 on its first row and column
+  acc_t x, dt, dl, pre_t, pre_l, b_t, b_l, c, a_t, a_l;
+
+  template <typename T>
+  __device__ __forceinline__ void load(const WavefrontScanParams &p,
+                                       const WavefrontLane<acc_t> &lane,
+                                       int i, int j) {
+    const int row = p.origin_br ? p.height - 1 - i : i;
+    const int col = p.origin_br ? p.width - 1 - j : j;
+    pixel = (static_cast<long long>(lane.batch) * p.height + row) * p.width +
+            col;
+    has_top = i > 0;
+    has_left = j > 0;
+    use_left = has_left || !has_top;
+    scale = has_top && has_left ? acc_t(0.5) : acc_t(1);
+    x = dt = dl = pre_t = pre_l = b_t = b_l = c = acc_t(0);
+    if (lane.valid) {
+      const long long feature = pixel * p.channels + lane.channel;
+      const long long state = pixel * p.dstate + lane.state;
+      x = to_acc<acc_t>(static_cast<const T *>(p.x)[feature]);
+      pre_t = to_acc<acc_t>(static_cast<const T *>(p.delta_t)[feature]) +
+              lane.bias_t;
+      pre_l = to_acc<acc_t>(static_cast<const T *>(p.delta_l)[feature]) +
+              lane.bias_l;
+      b_t = to_acc<acc_t>(static_cast<const T *>(p.B_t)[state]);
+      b_l = to_acc<acc_t>(static_cast<const T *>(p.B_l)[state]);
+      c = to_acc<acc_t>(static_cast<const T *>(p.C)[state]);
+    }
+    dt = p.delta_softplus ? softplus(pre_t) : pre_t;
+    dl = p.delta_softplus ? softplus(pre_l) : pre_l;
+    a_t = exp_acc(dt * lane.A_t);
+    a_l = exp_acc(dl * lane.A_l);
+  }
+
+  // h of this pixel from its left and top neighbours' states.
+  __device__ __forceinline__ acc_t state(acc_t left, acc_t top) const {
+    acc_t sum = use_left ? dl * b_l * x : acc_t(0);
+    if (has_left) sum += a_l * left;
+    if (has_top) sum += a_t * top + dt * b_t * x;
+    return scale * sum;
+  }
+};
+
+template <typename acc_t>
+__device__ __forceinline__ size_t boundary_index(const WavefrontScanParams &p,
+                                                 const WavefrontLane<acc_t> &l,
+                                                 int tile, int row) {
+  return ((static_cast<size_t>(l.batch) * p.num_groups + blockIdx.x) *
+              (p.num_tiles - 1) +
+          tile) * p.height * 32 + static_cast<size_t>(row) * 32 + l.lane;
+}
+
+// Sweeps the anti-diagonals of one tile forwards. kWriteOutput: write y (and
+// the tile's last column to the boundary); else store every state of the
+// tile in the scratch (the backward pass's recomputation).
+template <typename T, typename acc_t, bool kWriteOutput>
+__device__ void wavefront_forward_tile(const WavefrontScanParams &p,
+                                       const WavefrontLane<acc_t> &lane,
+                                       int tile,
+                                       acc_t (*exchange)[kWavefrontMaxTileWidth]
+                                                        [32]) {
+  const int column = threadIdx.y;
+  const int first_column = tile * p.tile_width;
+  const int columns = min(p.tile_width, p.width - first_column);
+  const int j = first_column + column;
+  acc_t top = acc_t(0);
+  const int steps = p.height + columns - 1;
+  for (int step = 0; step < steps; ++step) {
+    const int i = step - column;
+    // Uniform over the warp, so the shuffles below see all 32 lanes.
+    const bool active = column < columns && i >= 0 && i < p.height;
+    if (active) {
+      acc_t left = acc_t(0);
+      if (column > 0) {
+        left = exchange[(step - 1) & 1][column - 1][lane.lane];
+      } else if (tile > 0) {
+        left = static_cast<const acc_t *>(
+            p.boundary)[boundary_index(p, lane, tile - 1, i)];
+      }
+      WavefrontPixel<acc_t> px;
+      px.template load<T>(p, lane, i, j);
+      const acc_t h = px.state(left, top);
+      top = h;
+      exchange[step & 1][column][lane.lane] = h;
+      if (kWriteOutput) {
+        const acc_t y = sum_over_states(px.c * h, p.lanes_per_channel);
+        if (lane.valid && lane.state == 0) {
+          static_cast<T *>(p.out)[px.pixel * p.channels + lane.channel] =
+              from_acc<T>(y + lane.D * px.x);
+        }
+        if (column == columns - 1 && tile + 1 < p.num_tiles) {
+          static_cast<acc_t *>(p.boundary)[boundary_index(p, lane, tile, i)] =
+              h;
+        }
+      } else {
+        static_cast<acc_t *>(p.scratch)
+            [(((static_cast<size_t>(lane.batch) * p.num_groups + blockIdx.x) *
+                   p.height +
+               i) * p.tile_width +
+              column) * 32 +
+             lane.lane] = h;
+      }
+    }
+    __syncthreads();
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kWavefrontMaxTileWidth * 32)
+    wavefront_fwd_kernel(WavefrontScanParams p) {
+  using acc_t = typename AccumType<T>::type;
+  __shared__ acc_t exchange[2][kWavefrontMaxTileWidth][32];
+  const WavefrontLane<acc_t> lane(p);
+  for (int tile = 0; tile < p.num_tiles; ++tile)
+    wavefront_forward_tile<T, acc_t, true>(p, lane, tile, exchange);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kWavefrontMaxTileWidth * 32)
+    wavefront_bwd_kernel(WavefrontScanParams p) {
+  using acc_t = typename AccumType<T>::type;
+  __shared__ acc_t exchange[2][kWavefrontMaxTileWidth][32];
+  const WavefrontLane<acc_t> lane(p);
+  const acc_t *scratch = static_cast<const acc_t *>(p.scratch);
+  acc_t *right_adjoint = static_cast<acc_t *>(p.right_adjoint);
+  const size_t block_base =
+      static_cast<size_t>(lane.batch) * p.num_groups + blockIdx.x;
+  const int column = threadIdx.y;
+  acc_t dA_t = acc_t(0), dA_l = acc_t(0), dD = acc_t(0);
+  acc_t dbias_t = acc_t(0), dbias_l = acc_t(0);
+
+  for (int tile = p.num_tiles - 1; tile >= 0; --tile) {
+    wavefront_forward_tile<T, acc_t, false>(p, lane, tile, exchange);
+    const int first_column = tile * p.tile_width;
+    const int columns = min(p.tile_width, p.width - first_column);
+    const int j = first_column + column;
+    const int lag = columns - 1 - column;  // the rightmost column goes first
+    auto saved_state = [&](int row, int col) {
+      return scratch[((block_base * p.height + row) * p.tile_width + col) *
+                         32 +
+                     lane.lane];
+    };
+    acc_t from_below = acc_t(0);  // s a_t g of the pixel below
+    const int steps = p.height + columns - 1;
+    for (int step = 0; step < steps; ++step) {
+      const int i = p.height - 1 - (step - lag);
+      const bool active = column < columns && i >= 0 && i < p.height;
+      if (active) {
+        acc_t from_right = acc_t(0);
+        if (j + 1 < p.width) {
+          from_right = column + 1 < columns
+                           ? exchange[(step - 1) & 1][column + 1][lane.lane]
+                           : right_adjoint[(block_base * p.height + i) * 32 +
+                                           lane.lane];
+        }
+        WavefrontPixel<acc_t> px;
+        px.template load<T>(p, lane, i, j);
+        const acc_t dy =
+            lane.valid ? to_acc<acc_t>(static_cast<const T *>(
+                             p.dout)[px.pixel * p.channels + lane.channel])
+                       : acc_t(0);
+        const acc_t h = saved_state(i, column);
+        acc_t left = acc_t(0);
+        if (column > 0) {
+          left = saved_state(i, column - 1);
+        } else if (tile > 0) {
+          left = static_cast<const acc_t *>(
+              p.boundary)[boundary_index(p, lane, tile - 1, i)];
+        }
+        const acc_t top = i > 0 ? saved_state(i - 1, column) : acc_t(0);
+
+        const acc_t g = px.c * dy + from_right + from_below;
+        const acc_t scaled = px.scale * g;
+        const acc_t to_left = px.has_left ? scaled * px.a_l : acc_t(0);
+        from_below = px.has_top ? scaled * px.a_t : acc_t(0);
+        exchange[step & 1][column][lane.lane] = to_left;
+        if (column == 0 && tile > 0)
+          right_adjoint[(block_base * p.height + i) * 32 + lane.lane] =
+              to_left;
+
+        // Gradients of the gates (a_X) and of the inputs (u_X).
+        const acc_t da_l = px.has_left ? scaled * left : acc_t(0);
+        const acc_t da_t = px.has_top ? scaled * top : acc_t(0);
+        const acc_t du_l = px.use_left ? scaled : acc_t(0);
+        const acc_t du_t = px.has_top ? scaled : acc_t(0);
+        dA_l += da_l * px.a_l * px.dl;
+        dA_t += da_t * px.a_t * px.dt;
+        const acc_t ddl = sum_over_states(
+            da_l * px.a_l * lane.A_l + du_l * px.b_l * px.x,
+            p.lanes_per_channel);
+        const acc_t ddt = sum_over_states(
+            da_t * px.a_t * lane.A_t + du_t * px.b_t * px.x,
+            p.lanes_per_channel);
+        const acc_t dx = sum_over_states(
+            du_l * px.dl * px.b_l + du_t * px.dt * px.b_t,
+            p.lanes_per_channel);
+        const acc_t dB_l = sum_over_channels(du_l * px.dl * px.x,
+                                             p.lanes_per_channel);
+        const acc_t dB_t = sum_over_channels(du_t * px.dt * px.x,
+                                             p.lanes_per_channel);
+        const acc_t dC = sum_over_channels(dy * h, p.lanes_per_channel);
+        if (lane.lane < p.dstate) {
+          const long long state = px.pixel * p.dstate + lane.lane;
+          atomicAdd(static_cast<acc_t *>(p.dB_l) + state, dB_l);
+          atomicAdd(static_cast<acc_t *>(p.dB_t) + state, dB_t);
+          atomicAdd(static_cast<acc_t *>(p.dC) + state, dC);
+        }
+        if (lane.valid && lane.state == 0) {
+          const long long feature = px.pixel * p.channels + lane.channel;
+          const acc_t grad_l =
+              p.delta_softplus ? ddl * sigmoid_acc(px.pre_l) : ddl;
+          const acc_t grad_t =
+              p.delta_softplus ? ddt * sigmoid_acc(px.pre_t) : ddt;
+          static_cast<T *>(p.dx)[feature] = from_acc<T>(dx + lane.D * dy);
+          static_cast<T *>(p.ddelta_l)[feature] = from_acc<T>(grad_l);
+          static_cast<T *>(p.ddelta_t)[feature] = from_acc<T>(grad_t);
+          dD += dy * px.x;
+          dbias_l += grad_l;
+          dbias_t += grad_t;
+        }
+      }
+      __syncthreads();
+    }
+  }
+  if (lane.valid) {
+    const int weight = lane.channel * p.dstate + lane.state;
+    atomicAdd(static_cast<acc_t *>(p.dA_t) + weight, dA_t);
+    atomicAdd(static_cast<acc_t *>(p.dA_l) + weight, dA_l);
+    if (lane.state == 0) {
+      if (p.dD) atomicAdd(static_cast<acc_t *>(p.dD) + lane.channel, dD);
+      if (p.ddelta_bias_t)
+        atomicAdd(static_cast<acc_t *>(p.ddelta_bias_t) + lane.channel,
+                  dbias_t);
+      if (p.ddelta_bias_l)
+        atomicAdd(static_cast<acc_t *>(p.ddelta_bias_l) + lane.channel,
+                  dbias_l);
+    }
+  }
+}
+
+template <typename T>
+void wavefront_scan_launch(const WavefrontScanParams &params, bool backward) {
+  const dim3 grid(params.num_groups, params.batch);
+  const dim3 block(32, params.tile_width);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  if (backward) {
+    wavefront_bwd_kernel<T><<<grid, block, 0, stream>>>(params);
+  } else {
+    wavefront_fwd_kernel<T><<<grid, block, 0, stream>>>(params);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace mmssm

@@ -1,0 +1,228 @@
+// Device-agnostic entry points of Mamba2D's wavefront scan: argument checks,
+// output allocation and dispatch on the element type. See
+// wavefront_scan_params.h for the layouts; mmssm/ops/cuda_ops.py is the
+// Python side.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "wavefront_scan_params.h"
+
+namespace mmssm {
+namespace {
+
+at::ScalarType wavefront_accum_type(at::ScalarType input_type) {
+  return input_type == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_wavefront_tensor(const at::Tensor &tensor, const char *name,
+                            const at::Tensor &reference, at::ScalarType dtype,
+                            at::IntArrayRef shape) {
+  TORCH_CHECK(tensor.device() == reference.device(), "wavefront scan: ", name,
+              " must be on ", reference.device(), ", got ", tensor.device());
+  TORCH_CHECK(tensor.scalar_type() == dtype, "wavefront scan: ", name,
+              " must have dtype ", dtype, ", got ", tensor.scalar_type());
+  TORCH_CHECK(tensor.sizes() == shape, "wavefront scan: ", name,
+              " must have shape ", shape, ", got ", tensor.sizes());
+  TORCH_CHECK(tensor.is_contiguous(), "wavefront scan: ", name,
+              " must be contiguous");
+}
+
+int next_power_of_two(int value) {
+  int power = 1;
+  while (power < value) power <<= 1;
+  return power;
+}
+
+// Checks every input and fills the shapes and input pointers of the params.
+WavefrontScanParams make_wavefront_params(
+    const at::Tensor &x, const at::Tensor &delta_t, const at::Tensor &delta_l,
+    const at::Tensor &A_t, const at::Tensor &A_l, const at::Tensor &B_t,
+    const at::Tensor &B_l, const at::Tensor &C,
+    const c10::optional<at::Tensor> &D,
+    const c10::optional<at::Tensor> &delta_bias_t,
+    const c10::optional<at::Tensor> &delta_bias_l, bool delta_softplus,
+    bool origin_br, int64_t tile_width) {
+  TORCH_CHECK(x.is_cuda(), "wavefront scan: x must be a CUDA tensor, got ",
+              x.device());
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf ||
+                  dtype == at::kBFloat16 || dtype == at::kDouble,
+              "wavefront scan: x must be float32, float16, bfloat16 or "
+              "float64, got ",
+              dtype);
+  TORCH_CHECK(x.dim() == 4, "wavefront scan: x must be (B, H, W, E), got "
+              "shape ", x.sizes());
+  TORCH_CHECK(A_t.dim() == 2, "wavefront scan: A_t must be (E, N), got "
+              "shape ", A_t.sizes());
+  const int64_t batch = x.size(0), height = x.size(1), width = x.size(2),
+                channels = x.size(3), dstate = A_t.size(1);
+  TORCH_CHECK(batch > 0 && height > 0 && width > 0 && channels > 0,
+              "wavefront scan: x must be non-empty, got shape ", x.sizes());
+  TORCH_CHECK(batch <= 65535, "wavefront scan: batch must be at most 65535, "
+              "got ", batch);
+  TORCH_CHECK(dstate >= 1 && dstate <= 32, "wavefront scan: the state size "
+              "N (A_t.size(1)) must be in [1, 32], got ", dstate);
+  TORCH_CHECK(tile_width >= 1 && tile_width <= kWavefrontMaxTileWidth,
+              "wavefront scan: tile_width must be in [1, ",
+              kWavefrontMaxTileWidth, "], got ", tile_width);
+  const auto acc = wavefront_accum_type(dtype);
+  check_wavefront_tensor(x, "x", x, dtype, {batch, height, width, channels});
+  check_wavefront_tensor(delta_t, "delta_t", x, dtype,
+                         {batch, height, width, channels});
+  check_wavefront_tensor(delta_l, "delta_l", x, dtype,
+                         {batch, height, width, channels});
+  check_wavefront_tensor(A_t, "A_t", x, acc, {channels, dstate});
+  check_wavefront_tensor(A_l, "A_l", x, acc, {channels, dstate});
+  check_wavefront_tensor(B_t, "B_t", x, dtype, {batch, height, width, dstate});
+  check_wavefront_tensor(B_l, "B_l", x, dtype, {batch, height, width, dstate});
+  check_wavefront_tensor(C, "C", x, dtype, {batch, height, width, dstate});
+  if (D.has_value()) check_wavefront_tensor(*D, "D", x, acc, {channels});
+  if (delta_bias_t.has_value())
+    check_wavefront_tensor(*delta_bias_t, "delta_bias_t", x, acc, {channels});
+  if (delta_bias_l.has_value())
+    check_wavefront_tensor(*delta_bias_l, "delta_bias_l", x, acc, {channels});
+
+  WavefrontScanParams params;
+  params.batch = batch;
+  params.height = height;
+  params.width = width;
+  params.channels = channels;
+  params.dstate = dstate;
+  params.lanes_per_channel = next_power_of_two(dstate);
+  const int channels_per_warp = 32 / params.lanes_per_channel;
+  params.num_groups = (channels + channels_per_warp - 1) / channels_per_warp;
+  params.tile_width = std::min<int64_t>(tile_width, width);
+  params.num_tiles = (width + params.tile_width - 1) / params.tile_width;
+  params.delta_softplus = delta_softplus;
+  params.origin_br = origin_br;
+  params.x = x.data_ptr();
+  params.delta_t = delta_t.data_ptr();
+  params.delta_l = delta_l.data_ptr();
+  params.A_t = A_t.data_ptr();
+  params.A_l = A_l.data_ptr();
+  params.B_t = B_t.data_ptr();
+  params.B_l = B_l.data_ptr();
+  params.C = C.data_ptr();
+  params.D = D.has_value() ? D->data_ptr() : nullptr;
+  params.delta_bias_t = delta_bias_t.has_value() ? delta_bias_t->data_ptr()
+                                                 : nullptr;
+  params.delta_bias_l = delta_bias_l.has_value() ? delta_bias_l->data_ptr()
+                                                 : nullptr;
+  return params;
+}
+
+std::vector<int64_t> boundary_shape(const WavefrontScanParams &params) {
+  return {params.batch, params.num_groups, params.num_tiles - 1,
+          params.height, 32};
+}
+
+void launch_wavefront(const WavefrontScanParams &params, at::ScalarType dtype,
+                      bool backward) {
+  switch (dtype) {
+    case at::kFloat:
+      wavefront_scan_launch<float>(params, backward);
+      break;
+    case at::kHalf:
+      wavefront_scan_launch<c10::Half>(params, backward);
+      break;
+    case at::kBFloat16:
+      wavefront_scan_launch<c10::BFloat16>(params, backward);
+      break;
+    case at::kDouble:
+      wavefront_scan_launch<double>(params, backward);
+      break;
+    default:
+      TORCH_CHECK(false, "wavefront scan: unsupported dtype ", dtype);
+  }
+}
+
+}  // namespace
+
+std::vector<at::Tensor> wavefront_scan_forward(
+    const at::Tensor &x, const at::Tensor &delta_t, const at::Tensor &delta_l,
+    const at::Tensor &A_t, const at::Tensor &A_l, const at::Tensor &B_t,
+    const at::Tensor &B_l, const at::Tensor &C,
+    const c10::optional<at::Tensor> &D,
+    const c10::optional<at::Tensor> &delta_bias_t,
+    const c10::optional<at::Tensor> &delta_bias_l, bool delta_softplus,
+    bool origin_br, int64_t tile_width) {
+  WavefrontScanParams params = make_wavefront_params(
+      x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_bias_t,
+      delta_bias_l, delta_softplus, origin_br, tile_width);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  at::Tensor out = at::empty_like(x);
+  at::Tensor boundary = at::empty(
+      boundary_shape(params),
+      x.options().dtype(wavefront_accum_type(x.scalar_type())));
+  params.out = out.data_ptr();
+  params.boundary = boundary.data_ptr();
+  launch_wavefront(params, x.scalar_type(), false);
+  return {out, boundary};
+}
+
+std::vector<at::Tensor> wavefront_scan_backward(
+    const at::Tensor &x, const at::Tensor &delta_t, const at::Tensor &delta_l,
+    const at::Tensor &A_t, const at::Tensor &A_l, const at::Tensor &B_t,
+    const at::Tensor &B_l, const at::Tensor &C,
+    const c10::optional<at::Tensor> &D,
+    const c10::optional<at::Tensor> &delta_bias_t,
+    const c10::optional<at::Tensor> &delta_bias_l, const at::Tensor &dout,
+    const at::Tensor &boundary, bool delta_softplus, bool origin_br,
+    int64_t tile_width) {
+  WavefrontScanParams params = make_wavefront_params(
+      x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_bias_t,
+      delta_bias_l, delta_softplus, origin_br, tile_width);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  const auto dtype = x.scalar_type();
+  const auto acc_options = x.options().dtype(wavefront_accum_type(dtype));
+  check_wavefront_tensor(dout, "dout", x, dtype, x.sizes());
+  check_wavefront_tensor(boundary, "boundary", x,
+                         wavefront_accum_type(dtype), boundary_shape(params));
+  at::Tensor scratch =
+      at::empty({params.batch, params.num_groups, params.height,
+                 params.tile_width, 32},
+                acc_options);
+  at::Tensor right_adjoint = at::empty(
+      {params.batch, params.num_groups, params.height, 32}, acc_options);
+  at::Tensor dx = at::empty_like(x);
+  at::Tensor ddelta_t = at::empty_like(delta_t);
+  at::Tensor ddelta_l = at::empty_like(delta_l);
+  at::Tensor dA_t = at::zeros(A_t.sizes(), acc_options);
+  at::Tensor dA_l = at::zeros(A_l.sizes(), acc_options);
+  at::Tensor dB_t = at::zeros(B_t.sizes(), acc_options);
+  at::Tensor dB_l = at::zeros(B_l.sizes(), acc_options);
+  at::Tensor dC = at::zeros(C.sizes(), acc_options);
+  auto optional_grad = [&](const c10::optional<at::Tensor> &weight) {
+    return weight.has_value() ? at::zeros(weight->sizes(), acc_options)
+                              : at::empty({0}, acc_options);
+  };
+  at::Tensor dD = optional_grad(D);
+  at::Tensor ddelta_bias_t = optional_grad(delta_bias_t);
+  at::Tensor ddelta_bias_l = optional_grad(delta_bias_l);
+  params.boundary = const_cast<void *>(boundary.data_ptr());
+  params.dout = dout.data_ptr();
+  params.scratch = scratch.data_ptr();
+  params.right_adjoint = right_adjoint.data_ptr();
+  params.dx = dx.data_ptr();
+  params.ddelta_t = ddelta_t.data_ptr();
+  params.ddelta_l = ddelta_l.data_ptr();
+  params.dA_t = dA_t.data_ptr();
+  params.dA_l = dA_l.data_ptr();
+  params.dB_t = dB_t.data_ptr();
+  params.dB_l = dB_l.data_ptr();
+  params.dC = dC.data_ptr();
+  params.dD = D.has_value() ? dD.data_ptr() : nullptr;
+  params.ddelta_bias_t =
+      delta_bias_t.has_value() ? ddelta_bias_t.data_ptr() : nullptr;
+  params.ddelta_bias_l =
+      delta_bias_l.has_value() ? ddelta_bias_l.data_ptr() : nullptr;
+  launch_wavefront(params, dtype, true);
+  return {dx,   ddelta_t, ddelta_l, dA_t,          dA_l,         dB_t,
+          dB_l, dC,       dD,       ddelta_bias_t, ddelta_bias_l};
+}
+
+}  // namespace mmssm
