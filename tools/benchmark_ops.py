@@ -18,7 +18,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from mmssm.ops import backend, cross_selective_scan, selective_scan
+from mmssm.ops import (backend, cross_selective_scan, selective_scan,
+                       v2m_corner_scan, wavefront_scan_2d)
 from mmssm.ops.dispatch import FORCE_PYTORCH_ENV
 
 
@@ -91,6 +92,83 @@ def cross_scan_case(name: str, batch: int, dim: int, height: int, width: int,
                 dict(delta_softplus=True), traffic)
 
 
+def wavefront_case(name: str, batch: int, channels: int, height: int,
+                   width: int, dstate: int, dtype: torch.dtype) -> Case:
+    """A Mamba2D SSM mixer's 2D scan: D, both delta biases, softplus."""
+
+    def make_inputs() -> Dict[str, torch.Tensor]:
+        def act(*shape, scale=1.0, shift=0.0):
+            return (torch.randn(*shape, device='cuda') * scale +
+                    shift).to(dtype).requires_grad_()
+
+        def weight(*shape, scale=1.0, shift=0.0):
+            return (torch.randn(*shape, device='cuda') * scale +
+                    shift).requires_grad_()
+
+        grid = (batch, height, width)
+        return dict(
+            x=act(*grid, channels),
+            delta_t=act(*grid, channels, scale=0.5, shift=-1.0),
+            delta_l=act(*grid, channels, scale=0.5, shift=-1.0),
+            A_t=(-torch.rand(channels, dstate, device='cuda') -
+                 0.1).requires_grad_(),
+            A_l=(-torch.rand(channels, dstate, device='cuda') -
+                 0.1).requires_grad_(),
+            B_t=act(*grid, dstate),
+            B_l=act(*grid, dstate),
+            C=act(*grid, dstate),
+            D=weight(channels),
+            delta_bias_t=weight(channels, scale=0.3),
+            delta_bias_l=weight(channels, scale=0.3))
+
+    pixels = batch * height * width
+    traffic = (4 * pixels * channels + 3 * pixels * dstate) * element_bytes(
+        dtype)
+    return Case('wavefront_scan_2d', name, make_inputs,
+                dict(delta_softplus=True), traffic)
+
+
+def v2m_pass_case(name: str, batch: int, dim: int, height: int, width: int,
+                  dstate: int, axis: str, dtype: torch.dtype) -> Case:
+    """One pass of a V2M mixer from the four corners, as the mixer calls it:
+    the row pass reads a shared u with per-pixel B and constant C, the
+    column pass per-corner u with constant B, per-pixel C and D."""
+    corners = 4
+    row = axis == 'row'
+
+    def make_inputs() -> Dict[str, torch.Tensor]:
+        def act(*shape, scale=1.0, shift=0.0):
+            return (torch.randn(*shape, device='cuda') * scale +
+                    shift).to(dtype).requires_grad_()
+
+        spatial = (height, width)
+        u_shape = ((batch, dim, *spatial) if row else
+                   (batch, corners, dim, *spatial))
+        per_pixel = act(batch, corners, dstate, *spatial)
+        ones = torch.ones(corners * dim, dstate, device='cuda',
+                          requires_grad=True)
+        inputs = dict(
+            u=act(*u_shape),
+            delta=act(batch, corners, dim, *spatial, scale=0.5, shift=-1.0),
+            A=(-torch.rand(corners * dim, dstate, device='cuda') -
+               0.1).requires_grad_(),
+            B=per_pixel if row else ones,
+            C=ones if row else per_pixel,
+            delta_bias=(torch.randn(corners * dim, device='cuda') *
+                        0.3).requires_grad_())
+        if not row:
+            inputs['D'] = torch.ones(corners * dim, device='cuda',
+                                     requires_grad=True)
+        return inputs
+
+    pixels = batch * height * width
+    u_elements = pixels * dim * (1 if row else corners)
+    traffic = (u_elements + 2 * pixels * corners * dim +
+               pixels * corners * dstate) * element_bytes(dtype)
+    return Case('v2m_corner_scan', name, make_inputs,
+                dict(delta_softplus=True, axis=axis), traffic)
+
+
 def benchmark_cases() -> List[Case]:
     bf16, fp16 = torch.bfloat16, torch.float16
     return [
@@ -108,11 +186,25 @@ def benchmark_cases() -> List[Case]:
                         2, 96, 200, 320, 1, fp16),
         cross_scan_case('VMamba-S stage 1 1333×800 b2 (D=96, 200×334, N=1)',
                         2, 96, 200, 334, 1, fp16),
+        wavefront_case('Mamba2D-T stage 1 224² b64 (E=64, 56×56, N=16)', 64,
+                       64, 56, 56, 16, bf16),
+        wavefront_case('Mamba2D-T stage 1 1280×800 b2 (E=64, 200×320, N=16)',
+                       2, 64, 200, 320, 16, bf16),
+        v2m_pass_case('V2M-S* stage 1 224² b64 row pass (D=96, 56×56, N=1)',
+                      64, 96, 56, 56, 1, 'row', bf16),
+        v2m_pass_case('V2M-S* stage 1 224² b64 col pass (D=96, 56×56, N=1)',
+                      64, 96, 56, 56, 1, 'col', bf16),
+        v2m_pass_case('V2M-S plain 224² b64 row pass (D=768, 14×14, N=16)',
+                      64, 768, 14, 14, 16, 'row', bf16),
+        v2m_pass_case('V2M-S plain 224² b64 col pass (D=768, 14×14, N=16)',
+                      64, 768, 14, 14, 16, 'col', bf16),
     ]
 
 
 OPS = {'selective_scan': selective_scan,
-       'cross_selective_scan': cross_selective_scan}
+       'cross_selective_scan': cross_selective_scan,
+       'wavefront_scan_2d': wavefront_scan_2d,
+       'v2m_corner_scan': v2m_corner_scan}
 
 
 def time_ms(fn: Callable[[], None], warmup: int, repeats: int) -> float:

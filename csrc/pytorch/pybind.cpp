@@ -24,6 +24,40 @@ std::vector<at::Tensor> selective_scan_backward(
     int64_t height, int64_t width, int64_t num_threads, int64_t num_items,
     bool warp_per_sequence);
 
+std::vector<at::Tensor> wavefront_scan_forward(
+    const at::Tensor &x, const at::Tensor &delta_t, const at::Tensor &delta_l,
+    const at::Tensor &A_t, const at::Tensor &A_l, const at::Tensor &B_t,
+    const at::Tensor &B_l, const at::Tensor &C,
+    const c10::optional<at::Tensor> &D,
+    const c10::optional<at::Tensor> &delta_bias_t,
+    const c10::optional<at::Tensor> &delta_bias_l, bool delta_softplus,
+    bool origin_br, int64_t tile_width);
+
+std::vector<at::Tensor> wavefront_scan_backward(
+    const at::Tensor &x, const at::Tensor &delta_t, const at::Tensor &delta_l,
+    const at::Tensor &A_t, const at::Tensor &A_l, const at::Tensor &B_t,
+    const at::Tensor &B_l, const at::Tensor &C,
+    const c10::optional<at::Tensor> &D,
+    const c10::optional<at::Tensor> &delta_bias_t,
+    const c10::optional<at::Tensor> &delta_bias_l, const at::Tensor &dout,
+    const at::Tensor &boundary, bool delta_softplus, bool origin_br,
+    int64_t tile_width);
+
+std::vector<at::Tensor> v2m_corner_scan_forward(
+    const at::Tensor &u, const at::Tensor &delta, const at::Tensor &A,
+    const at::Tensor &B, const at::Tensor &C,
+    const c10::optional<at::Tensor> &D, const c10::optional<at::Tensor> &z,
+    const c10::optional<at::Tensor> &delta_bias, bool delta_softplus,
+    bool axis_col, int64_t backwards_mask);
+
+std::vector<at::Tensor> v2m_corner_scan_backward(
+    const at::Tensor &u, const at::Tensor &delta, const at::Tensor &A,
+    const at::Tensor &B, const at::Tensor &C,
+    const c10::optional<at::Tensor> &D, const c10::optional<at::Tensor> &z,
+    const c10::optional<at::Tensor> &delta_bias, const at::Tensor &dout,
+    const at::Tensor &chunk_states, bool delta_softplus, bool axis_col,
+    int64_t backwards_mask);
+
 }  // namespace mmssm
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -42,4 +76,32 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("delta_softplus"), py::arg("num_dirs"), py::arg("height"),
         py::arg("width"), py::arg("num_threads"), py::arg("num_items"),
         py::arg("warp_per_sequence"));
+  m.def("wavefront_scan_forward", &mmssm::wavefront_scan_forward,
+        "Mamba2D wavefront scan forward: returns (out, boundary states)",
+        py::arg("x"), py::arg("delta_t"), py::arg("delta_l"), py::arg("A_t"),
+        py::arg("A_l"), py::arg("B_t"), py::arg("B_l"), py::arg("C"),
+        py::arg("D"), py::arg("delta_bias_t"), py::arg("delta_bias_l"),
+        py::arg("delta_softplus"), py::arg("origin_br"),
+        py::arg("tile_width"));
+  m.def("wavefront_scan_backward", &mmssm::wavefront_scan_backward,
+        "Mamba2D wavefront scan backward: returns (dx, ddelta_t, ddelta_l, "
+        "dA_t, dA_l, dB_t, dB_l, dC, dD, ddelta_bias_t, ddelta_bias_l)",
+        py::arg("x"), py::arg("delta_t"), py::arg("delta_l"), py::arg("A_t"),
+        py::arg("A_l"), py::arg("B_t"), py::arg("B_l"), py::arg("C"),
+        py::arg("D"), py::arg("delta_bias_t"), py::arg("delta_bias_l"),
+        py::arg("dout"), py::arg("boundary"), py::arg("delta_softplus"),
+        py::arg("origin_br"), py::arg("tile_width"));
+  m.def("v2m_corner_scan_forward", &mmssm::v2m_corner_scan_forward,
+        "V2M corner scan forward: returns (out, chunk_states)", py::arg("u"),
+        py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"),
+        py::arg("D"), py::arg("z"), py::arg("delta_bias"),
+        py::arg("delta_softplus"), py::arg("axis_col"),
+        py::arg("backwards_mask"));
+  m.def("v2m_corner_scan_backward", &mmssm::v2m_corner_scan_backward,
+        "V2M corner scan backward: returns (du, ddelta, dA, dB, dC, dD, dz, "
+        "ddelta_bias)",
+        py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"),
+        py::arg("C"), py::arg("D"), py::arg("z"), py::arg("delta_bias"),
+        py::arg("dout"), py::arg("chunk_states"), py::arg("delta_softplus"),
+        py::arg("axis_col"), py::arg("backwards_mask"));
 }

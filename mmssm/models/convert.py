@@ -79,7 +79,8 @@ def convert_to_backbone(
         state_dict: The authors' (or a whole OpenMMLab model's) state dict.
         family: The family; detected from the keys when None.
         arch: The arch; when None, the first arch of the family's zoo that
-            the checkpoint fits without a missing or mismatched key.
+            the checkpoint fits without a missing, unexpected or mismatched
+            key.
         allow_partial: Accept a checkpoint that leaves backbone parameters
             uninitialised (the report lists them).
 
@@ -105,9 +106,11 @@ def convert_to_backbone(
             converted,
             allow_partial=True,
             fresh_patterns=backbone.pretrained_fresh_patterns)
-        if report.ok or (allow_partial and arch is not None):
+        fits = report.ok and not report.unexpected
+        if fits or (allow_partial and arch is not None):
             return converted, family, str(candidate), report
-        misfit = len(report.missing) + len(report.shape_mismatched)
+        misfit = (len(report.missing) + len(report.shape_mismatched) +
+                  len(report.unexpected))
         if best is None or misfit < best[0]:
             best = (misfit, str(candidate), report)
     raise CheckpointError(

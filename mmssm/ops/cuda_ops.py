@@ -12,10 +12,15 @@ or as VMamba's four cross-scan directions of a 2D map (``num_dirs == 4``),
 reading every direction's inputs at their pixels and adding the four outputs
 into one map, so no (B, 4, D, H*W) copy is made.
 
+Two more kernel families serve the 2D scans: ``mmssm::wavefront_scan_fwd/bwd``
+(Mamba2D's wavefront recurrence, one launch per pass over the whole map) and
+``mmssm::v2m_corner_scan_fwd/bwd`` (one row or column pass of V2M's corner
+scan, walking each corner's lines by indexing).
+
 Inputs may be float32, float16, bfloat16 (states and sums in float32) or
 float64 (everything in float64).
 """
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -319,3 +324,365 @@ def cross_selective_scan_cuda(u: Tensor,
         _weight(D, accum, 'D'), None, _weight(delta_bias, accum, 'delta_bias'),
         delta_softplus, _CROSS_DIRECTIONS, height, width)
     return out.to(dtype).reshape(batch, dim, height, width)
+
+
+# Mamba2D's wavefront scan. A block owns a group of (channel, state) lanes of
+# one batch element and one warp per column of a tile; narrow tiles where
+# there are enough blocks to fill the GPU (their backward scratch is
+# smaller), wide ones (more columns in flight) where there are few.
+_WAVEFRONT_NARROW_TILE = 16
+_WAVEFRONT_WIDE_TILE = 32
+_WAVEFRONT_MIN_BLOCKS_FOR_NARROW_TILES = 512
+_WAVEFRONT_ORIGINS = ('tl', 'br')
+
+
+def _lanes_per_channel(dstate: int) -> int:
+    """Lanes of a channel: the state size rounded up to a power of two."""
+    return 1 << (dstate - 1).bit_length()
+
+
+def _wavefront_tiling(batch: int, width: int, channels: int,
+                      dstate: int) -> tuple[int, int, int]:
+    """Channel groups, tile width and number of tiles of the wavefront scan."""
+    groups = -(-channels // (32 // _lanes_per_channel(dstate)))
+    tile = (_WAVEFRONT_NARROW_TILE if batch * groups >=
+            _WAVEFRONT_MIN_BLOCKS_FOR_NARROW_TILES else _WAVEFRONT_WIDE_TILE)
+    tile = min(tile, width)
+    return groups, tile, -(-width // tile)
+
+
+@torch.library.custom_op('mmssm::wavefront_scan_fwd', mutates_args=())
+def _wavefront_forward(x: Tensor, delta_t: Tensor, delta_l: Tensor,
+                       A_t: Tensor, A_l: Tensor, B_t: Tensor, B_l: Tensor,
+                       C: Tensor, D: Optional[Tensor],
+                       delta_bias_t: Optional[Tensor],
+                       delta_bias_l: Optional[Tensor], delta_softplus: bool,
+                       origin_br: bool,
+                       tile_width: int) -> tuple[Tensor, Tensor]:
+    """Kernel forward; returns (out, states of the tiles' last columns)."""
+    out, boundary = _extension().wavefront_scan_forward(
+        x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_bias_t,
+        delta_bias_l, delta_softplus, origin_br, tile_width)
+    return out, boundary
+
+
+@_wavefront_forward.register_fake
+def _wavefront_forward_fake(x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D,
+                            delta_bias_t, delta_bias_l, delta_softplus,
+                            origin_br, tile_width):
+    batch, height, width, channels = x.shape
+    groups, _, _ = _wavefront_tiling(batch, width, channels, A_t.shape[1])
+    num_tiles = -(-width // min(tile_width, width))
+    boundary = x.new_empty((batch, groups, num_tiles - 1, height, 32),
+                           dtype=_accum_dtype(x.dtype))
+    return torch.empty_like(x), boundary
+
+
+@torch.library.custom_op('mmssm::wavefront_scan_bwd', mutates_args=())
+def _wavefront_backward(x: Tensor, delta_t: Tensor, delta_l: Tensor,
+                        A_t: Tensor, A_l: Tensor, B_t: Tensor, B_l: Tensor,
+                        C: Tensor, D: Optional[Tensor],
+                        delta_bias_t: Optional[Tensor],
+                        delta_bias_l: Optional[Tensor], dout: Tensor,
+                        boundary: Tensor, delta_softplus: bool,
+                        origin_br: bool, tile_width: int) -> list[Tensor]:
+    """Kernel backward; returns the gradients of x, delta_t, delta_l, A_t,
+    A_l, B_t, B_l, C, D, delta_bias_t and delta_bias_l.
+
+    Those of B_t, B_l and C come in the accumulation dtype; absent optional
+    inputs get empty gradients.
+    """
+    return list(_extension().wavefront_scan_backward(
+        x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_bias_t,
+        delta_bias_l, dout, boundary, delta_softplus, origin_br, tile_width))
+
+
+@_wavefront_backward.register_fake
+def _wavefront_backward_fake(x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D,
+                             delta_bias_t, delta_bias_l, dout, boundary,
+                             delta_softplus, origin_br, tile_width):
+    accum = _accum_dtype(x.dtype)
+    empty = x.new_empty(0, dtype=accum)
+
+    def optional(weight):
+        return weight.new_empty(weight.shape) if weight is not None else empty
+
+    return [
+        torch.empty_like(x),
+        torch.empty_like(delta_t),
+        torch.empty_like(delta_l),
+        A_t.new_empty(A_t.shape),
+        A_l.new_empty(A_l.shape),
+        B_t.new_empty(B_t.shape, dtype=accum),
+        B_l.new_empty(B_l.shape, dtype=accum),
+        C.new_empty(C.shape, dtype=accum),
+        optional(D),
+        optional(delta_bias_t),
+        optional(delta_bias_l),
+    ]
+
+
+def _wavefront_setup_context(ctx, inputs, output) -> None:
+    (x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_bias_t,
+     delta_bias_l, delta_softplus, origin_br, tile_width) = inputs
+    _, boundary = output
+    ctx.save_for_backward(x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D,
+                          delta_bias_t, delta_bias_l, boundary)
+    ctx.delta_softplus = delta_softplus
+    ctx.origin_br = origin_br
+    ctx.tile_width = tile_width
+    ctx.mark_non_differentiable(boundary)
+
+
+def _wavefront_autograd_backward(ctx, dout, _dboundary):
+    (x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_bias_t,
+     delta_bias_l, boundary) = ctx.saved_tensors
+    (dx, ddelta_t, ddelta_l, dA_t, dA_l, dB_t, dB_l, dC, dD, ddelta_bias_t,
+     ddelta_bias_l) = _wavefront_backward(
+         x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_bias_t,
+         delta_bias_l,
+         dout.to(x.dtype).contiguous(), boundary, ctx.delta_softplus,
+         ctx.origin_br, ctx.tile_width)
+    return (dx, ddelta_t, ddelta_l, dA_t, dA_l, dB_t.to(B_t.dtype),
+            dB_l.to(B_l.dtype), dC.to(C.dtype),
+            dD if D is not None else None,
+            ddelta_bias_t if delta_bias_t is not None else None,
+            ddelta_bias_l if delta_bias_l is not None else None, None, None,
+            None)
+
+
+torch.library.register_autograd(
+    'mmssm::wavefront_scan_fwd',
+    _wavefront_autograd_backward,
+    setup_context=_wavefront_setup_context)
+
+
+def wavefront_scan_2d_cuda(x: Tensor,
+                           delta_t: Tensor,
+                           delta_l: Tensor,
+                           A_t: Tensor,
+                           A_l: Tensor,
+                           B_t: Tensor,
+                           B_l: Tensor,
+                           C: Tensor,
+                           D: Optional[Tensor] = None,
+                           delta_bias_t: Optional[Tensor] = None,
+                           delta_bias_l: Optional[Tensor] = None,
+                           delta_softplus: bool = False,
+                           origin: str = 'tl') -> Tensor:
+    """Mamba2D's 2D scan with the compiled kernel.
+
+    See mmssm.ops.wavefront_scan_2d for the recurrence; one launch walks the
+    whole map (forward) and one the whole backward pass.
+
+    Args:
+        x (Tensor): Input, (B, H, W, E).
+        delta_t (Tensor): Step sizes of the top path, (B, H, W, E).
+        delta_l (Tensor): Step sizes of the left path, (B, H, W, E).
+        A_t (Tensor): State matrix of the top path, (E, N), N <= 32.
+        A_l (Tensor): State matrix of the left path, (E, N).
+        B_t (Tensor): Input matrix of the top path, (B, H, W, N).
+        B_l (Tensor): Input matrix of the left path, (B, H, W, N).
+        C (Tensor): Output matrix, (B, H, W, N).
+        D (Tensor, optional): Skip weight, (E,).
+        delta_bias_t (Tensor, optional): Bias of delta_t, (E,).
+        delta_bias_l (Tensor, optional): Bias of delta_l, (E,).
+        delta_softplus (bool): Apply softplus to the biased step sizes.
+        origin (str): 'tl' (top-left) or 'br' (bottom-right).
+
+    Returns:
+        Tensor: (B, H, W, E) in x's dtype (states and sums in float32, or
+        float64 for float64 inputs).
+    """
+    if origin not in _WAVEFRONT_ORIGINS:
+        raise ValueError(f'origin must be one of {_WAVEFRONT_ORIGINS}, got '
+                         f'{origin!r}')
+    _check_input(x, 'x', 4, '(B, H, W, E)')
+    _check_input(A_t, 'A_t', 2, '(E, N)')
+    dtype = _input_dtype(x)
+    accum = _accum_dtype(dtype)
+    batch, _, width, channels = x.shape
+    _, tile_width, _ = _wavefront_tiling(batch, width, channels, A_t.shape[1])
+    out, _ = _wavefront_forward(
+        x.contiguous(), delta_t.to(dtype).contiguous(),
+        delta_l.to(dtype).contiguous(), _weight(A_t, accum, 'A_t'),
+        _weight(A_l, accum, 'A_l'), B_t.to(dtype).contiguous(),
+        B_l.to(dtype).contiguous(), C.to(dtype).contiguous(),
+        _weight(D, accum, 'D'), _weight(delta_bias_t, accum, 'delta_bias_t'),
+        _weight(delta_bias_l, accum, 'delta_bias_l'), delta_softplus,
+        origin == 'br', tile_width)
+    return out
+
+
+# V2M's corner scan: one thread walks one line for one (channel, state)
+# pair; the forward pass saves the state every _V2M_CHUNK positions
+# (csrc/common/v2m_scan_params.h).
+_V2M_CHUNK = 16
+_V2M_CORNERS = ('tl', 'tr', 'bl', 'br')
+_V2M_AXES = ('row', 'col')
+
+
+def _backwards_mask(corners: tuple[str, ...], axis: str) -> int:
+    """Bit k set where corner k walks its lines against the index.
+
+    A corner on the right walks rows right to left; one at the bottom walks
+    columns bottom to top (mmssm.ops.v2m_scan's module docstring).
+    """
+    mask = 0
+    for k, corner in enumerate(corners):
+        if corner not in _V2M_CORNERS:
+            raise ValueError(f'corners entry {corner!r} is not one of '
+                             f'{_V2M_CORNERS}')
+        side = corner[1] == 'r' if axis == 'row' else corner[0] == 'b'
+        mask |= int(side) << k
+    return mask
+
+
+@torch.library.custom_op('mmssm::v2m_corner_scan_fwd', mutates_args=())
+def _v2m_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                 D: Optional[Tensor], z: Optional[Tensor],
+                 delta_bias: Optional[Tensor], delta_softplus: bool,
+                 axis_col: bool,
+                 backwards_mask: int) -> tuple[Tensor, Tensor]:
+    """Kernel forward; returns (out, chunk states)."""
+    out, chunk_states = _extension().v2m_corner_scan_forward(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, axis_col,
+        backwards_mask)
+    return out, chunk_states
+
+
+@_v2m_forward.register_fake
+def _v2m_forward_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                      axis_col, backwards_mask):
+    batch, corners, dim, height, width = delta.shape
+    lines, length = (width, height) if axis_col else (height, width)
+    num_chunks = -(-length // _V2M_CHUNK)
+    chunk_states = u.new_empty(
+        (batch, corners, lines, num_chunks - 1, dim, A.shape[1]),
+        dtype=_accum_dtype(u.dtype))
+    return torch.empty_like(delta), chunk_states
+
+
+@torch.library.custom_op('mmssm::v2m_corner_scan_bwd', mutates_args=())
+def _v2m_backward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                  D: Optional[Tensor], z: Optional[Tensor],
+                  delta_bias: Optional[Tensor], dout: Tensor,
+                  chunk_states: Tensor, delta_softplus: bool, axis_col: bool,
+                  backwards_mask: int) -> list[Tensor]:
+    """Kernel backward; returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias).
+
+    du, dz, dB and dC come in the accumulation dtype; absent optional inputs
+    get empty gradients.
+    """
+    return list(_extension().v2m_corner_scan_backward(
+        u, delta, A, B, C, D, z, delta_bias, dout, chunk_states,
+        delta_softplus, axis_col, backwards_mask))
+
+
+@_v2m_backward.register_fake
+def _v2m_backward_fake(u, delta, A, B, C, D, z, delta_bias, dout,
+                       chunk_states, delta_softplus, axis_col,
+                       backwards_mask):
+    accum = _accum_dtype(u.dtype)
+    empty = u.new_empty(0, dtype=accum)
+    return [
+        u.new_empty(u.shape, dtype=accum),
+        torch.empty_like(delta),
+        A.new_empty(A.shape),
+        B.new_empty(B.shape, dtype=accum),
+        C.new_empty(C.shape, dtype=accum),
+        D.new_empty(D.shape) if D is not None else empty,
+        z.new_empty(z.shape, dtype=accum) if z is not None else empty,
+        (delta_bias.new_empty(delta_bias.shape)
+         if delta_bias is not None else empty),
+    ]
+
+
+def _v2m_setup_context(ctx, inputs, output) -> None:
+    (u, delta, A, B, C, D, z, delta_bias, delta_softplus, axis_col,
+     backwards_mask) = inputs
+    _, chunk_states = output
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, chunk_states)
+    ctx.delta_softplus = delta_softplus
+    ctx.axis_col = axis_col
+    ctx.backwards_mask = backwards_mask
+    ctx.mark_non_differentiable(chunk_states)
+
+
+def _v2m_autograd_backward(ctx, dout, _dchunk_states):
+    u, delta, A, B, C, D, z, delta_bias, chunk_states = ctx.saved_tensors
+    du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = _v2m_backward(
+        u, delta, A, B, C, D, z, delta_bias,
+        dout.to(u.dtype).contiguous(), chunk_states, ctx.delta_softplus,
+        ctx.axis_col, ctx.backwards_mask)
+    return (du.to(u.dtype), ddelta, dA, dB.to(B.dtype), dC.to(C.dtype),
+            dD if D is not None else None,
+            dz.to(z.dtype) if z is not None else None,
+            ddelta_bias if delta_bias is not None else None, None, None, None)
+
+
+torch.library.register_autograd(
+    'mmssm::v2m_corner_scan_fwd',
+    _v2m_autograd_backward,
+    setup_context=_v2m_setup_context)
+
+
+def v2m_corner_scan_cuda(u: Tensor,
+                         delta: Tensor,
+                         A: Tensor,
+                         B: Tensor,
+                         C: Tensor,
+                         D: Optional[Tensor] = None,
+                         z: Optional[Tensor] = None,
+                         delta_bias: Optional[Tensor] = None,
+                         delta_softplus: bool = False,
+                         axis: str = 'row',
+                         corners: Sequence[str] = _V2M_CORNERS) -> Tensor:
+    """One pass of V2M's corner scan with the compiled kernel.
+
+    See mmssm.ops.v2m_corner_scan (its module docstring gives the math):
+    every tensor is read and written in the spatial layout, the walk
+    direction of each corner is pure indexing.
+
+    Args:
+        u (Tensor): Input, (batch, K, D, H, W) or (batch, D, H, W) shared by
+            the corners.
+        delta (Tensor): Step sizes before bias/softplus, (batch, K, D, H, W).
+        A (Tensor): State matrices, (K * D, N), N <= 32.
+        B (Tensor): Input matrices, (batch, K, N, H, W) or constant (K * D, N).
+        C (Tensor): Output matrices, shaped like B's options.
+        D (Tensor, optional): Skip weights, (K * D,).
+        z (Tensor, optional): Gate, shaped like u; the output is multiplied
+            by silu(z).
+        delta_bias (Tensor, optional): Added to delta, (K * D,).
+        delta_softplus (bool): Apply softplus to delta + delta_bias.
+        axis (str): 'row' or 'col'.
+        corners (Sequence[str]): Corner names from ('tl', 'tr', 'bl', 'br').
+
+    Returns:
+        Tensor: (batch, K, D, H, W) in u's dtype (states and sums in float32,
+        or float64 for float64 inputs).
+    """
+    if axis not in _V2M_AXES:
+        raise ValueError(f"axis must be 'row' or 'col', got {axis!r}")
+    if isinstance(corners, str):
+        raise ValueError('corners must be a sequence of corner names, got the '
+                         f'string {corners!r}')
+    _check_input(u, 'u', 5 if u.dim() == 5 else 4,
+                 '(batch, K, D, H, W) or (batch, D, H, W)')
+    _check_input(A, 'A', 2, '(K * D, N)')
+    dtype = _input_dtype(u)
+    accum = _accum_dtype(dtype)
+
+    def matrix(x: Tensor, name: str) -> Tensor:
+        if x.dim() == 2:
+            return _weight(x, accum, name)
+        return x.to(dtype).contiguous()
+
+    out, _ = _v2m_forward(
+        u.contiguous(), delta.to(dtype).contiguous(), _weight(A, accum, 'A'),
+        matrix(B, 'B'), matrix(C, 'C'), _weight(D, accum, 'D'),
+        z.to(dtype).contiguous() if z is not None else None,
+        _weight(delta_bias, accum, 'delta_bias'), delta_softplus,
+        axis == 'col', _backwards_mask(tuple(corners), axis))
+    return out

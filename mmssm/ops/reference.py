@@ -96,19 +96,25 @@ def cross_scan_reference(x: Tensor) -> Tensor:
     return torch.stack([flat[:, :, order] for order in orders], dim=1)
 
 
+def _pixel_positions(order: List[int]) -> List[int]:
+    """Inverse of a path order: the path position of each pixel."""
+    positions = [0] * len(order)
+    for position, pixel in enumerate(order):
+        positions[pixel] = position
+    return positions
+
+
 def cross_merge_reference(y: Tensor) -> Tensor:
     """(B, 4, C, H, W) -> (B, C, H*W): the four paths summed at their pixels.
 
     ``y[:, k]`` holds path k's sequence (length H*W, in path order) shaped
     as (H, W).
     """
-    batch, _, channels, height, width = y.shape
+    height, width = y.shape[3], y.shape[4]
     sequences = y.flatten(3)
-    merged = sequences.new_zeros(batch, channels, height * width)
-    for k, order in enumerate(cross_scan_pixel_orders(height, width)):
-        for position, pixel in enumerate(order):
-            merged[:, :, pixel] += sequences[:, k, :, position]
-    return merged
+    return sum(sequences[:, k, :, _pixel_positions(order)]
+               for k, order in enumerate(cross_scan_pixel_orders(height,
+                                                                 width)))
 
 
 def cross_selective_scan_reference(u: Tensor,
@@ -130,21 +136,18 @@ def cross_selective_scan_reference(u: Tensor,
     """
     batch, dim, height, width = u.shape
     orders = cross_scan_pixel_orders(height, width)
-    out = torch.zeros(batch, dim, height * width, dtype=torch.float64,
-                      device=u.device)
+    out = 0
     for k, order in enumerate(orders):
         channels = slice(k * dim, (k + 1) * dim)
         y = selective_scan_reference(
-            u.flatten(2)[:, :, order].double(),
-            delta[:, k].flatten(2)[:, :, order].double(),
-            A[channels].double(), B[:, k].flatten(2)[:, :, order].double(),
-            C[:, k].flatten(2)[:, :, order].double(),
-            None if D is None else D[channels].double(), None,
-            None if delta_bias is None else delta_bias[channels].double(),
+            u.flatten(2)[:, :, order], delta[:, k].flatten(2)[:, :, order],
+            A[channels], B[:, k].flatten(2)[:, :, order],
+            C[:, k].flatten(2)[:, :, order],
+            None if D is None else D[channels], None,
+            None if delta_bias is None else delta_bias[channels],
             delta_softplus)
-        for position, pixel in enumerate(order):
-            out[:, :, pixel] = out[:, :, pixel] + y[:, :, position]
-    return out.reshape(batch, dim, height, width).to(u.dtype)
+        out = out + y[:, :, _pixel_positions(order)]
+    return out.reshape(batch, dim, height, width)
 
 
 def wavefront_scan_2d_reference(x: Tensor,
@@ -170,7 +173,7 @@ def wavefront_scan_2d_reference(x: Tensor,
     """
     dtype = _internal_dtype(x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D,
                             delta_bias_t, delta_bias_l)
-    batch, height, width, channels = x.shape
+    height, width = x.shape[1], x.shape[2]
     x_c = x.to(dtype)
     steps = []
     for delta, bias in ((delta_t, delta_bias_t), (delta_l, delta_bias_l)):
@@ -185,9 +188,7 @@ def wavefront_scan_2d_reference(x: Tensor,
         rows, cols = range(height - 1, -1, -1), range(width - 1, -1, -1)
         offset = 1
     first_row, first_col = rows[0], cols[0]
-    states = {}
-    out = torch.zeros(batch, height, width, channels, dtype=dtype,
-                      device=x.device)
+    states, outputs = {}, {}
     for i in rows:
         for j in cols:
             gate_t = torch.exp(step_t[:, i, j, :, None] * A_t.to(dtype))
@@ -206,7 +207,12 @@ def wavefront_scan_2d_reference(x: Tensor,
                 state = 0.5 * (gate_l * states[i, j + offset] + input_l +
                                gate_t * states[i + offset, j] + input_t)
             states[i, j] = state
-            out[:, i, j] = (state * C.to(dtype)[:, i, j, None, :]).sum(-1)
+            outputs[i, j] = (state * C.to(dtype)[:, i, j, None, :]).sum(-1)
+    out = torch.stack([
+        torch.stack([outputs[i, j] for j in range(width)], dim=1)
+        for i in range(height)
+    ],
+                      dim=1)
     if D is not None:
         out = out + D.to(dtype) * x_c
     return out.to(x.dtype)

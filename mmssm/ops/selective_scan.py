@@ -126,8 +126,8 @@ def _pairwise_scan(log_decay: Tensor, inputs: Tensor,
     else:
         early_log_decay, early_input = left_log_decay, left_input
         late_log_decay, late_input = right_log_decay, right_input
-    # State after each pair, given a zero state entering it, is the pair's
-    # (2 x 2) masked decay matrix [[1, 0], [a_late, 1]] applied to its inputs.
+    # Given a zero entering state, a pair's end state is the last row
+    # [a_late, 1] of its (2 x 2) masked decay matrix times its inputs.
     pair_ends = late_log_decay.exp() * early_input + late_input
     ends = _pairwise_scan(early_log_decay + late_log_decay, pair_ends,
                           initial_state, reverse)
@@ -145,20 +145,17 @@ def _pairwise_scan(log_decay: Tensor, inputs: Tensor,
     return states[..., -length:] if reverse else states[..., :length]
 
 
-def _expand_input_matrix(matrix: Tensor, batch: int, dim: int,
-                         length: int) -> Tensor:
-    """B or C as a tensor broadcastable to (batch, dim, N, L)."""
+def _grouped(matrix: Tensor, dim: int) -> Tensor:
+    """B or C viewed as (batch or 1, G, 1 or dim, N, L or 1), without copy.
+
+    A channel tensor (batch, dim, ...) viewed as (batch, G, dim // G, ...)
+    then broadcasts against it, so no per-channel copy of B or C is made.
+    """
     if matrix.dim() == 2:
-        return matrix.unsqueeze(0).unsqueeze(-1)
+        return matrix.view(1, 1, dim, matrix.shape[1], 1)
     if matrix.dim() == 3:
-        return matrix.unsqueeze(1)
-    groups = matrix.shape[1]
-    if groups == 1:
-        return matrix
-    state_size = matrix.shape[2]
-    return matrix.unsqueeze(2).expand(batch, groups, dim // groups,
-                                      state_size, length).reshape(
-                                          batch, dim, state_size, length)
+        return matrix.unsqueeze(1).unsqueeze(1)
+    return matrix.unsqueeze(2)
 
 
 def _check_input_matrix(name: str, matrix: Tensor, batch: int, dim: int,
@@ -237,12 +234,15 @@ def selective_scan_states(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
         delta = delta + delta_bias.to(dtype).unsqueeze(-1)
     if delta_softplus:
         delta = F.softplus(delta)
+    state_size = A.shape[1]
     log_decay = delta.unsqueeze(2) * A.to(dtype).unsqueeze(-1)
-    B_full = _expand_input_matrix(B.to(dtype), batch, dim, length)
-    C_full = _expand_input_matrix(C.to(dtype), batch, dim, length)
-    inputs = (delta * u_c).unsqueeze(2) * B_full
+    B_grouped = _grouped(B.to(dtype), dim)
+    C_grouped = _grouped(C.to(dtype), dim)
+    step_inputs = (delta * u_c).view(batch, B_grouped.shape[1], -1, 1, length)
+    inputs = (step_inputs * B_grouped).view(batch, dim, state_size, length)
     states = linear_recurrence(log_decay, inputs)
-    y = (states * C_full).sum(dim=2)
+    y = (states.reshape(batch, C_grouped.shape[1], -1, state_size, length) *
+         C_grouped).sum(dim=3).view(batch, dim, length)
     if D is not None:
         y = y + D.to(dtype).unsqueeze(-1) * u_c
     if z is not None:

@@ -10,8 +10,8 @@ The PyTorch path loops over rows only: given row i-1, row i is the 1D linear
 recurrence h(i,j) = (a_L/2) h(i,j-1) + [u_L + a_T h(i-1,j) + u_T]/2 along j
 (without the ½ at j = 0), solved without a loop over j by
 :func:`~mmssm.ops.selective_scan.linear_recurrence`. For ``origin='br'`` the
-rows are visited bottom-up and each row (a few row-sized tensors) is reversed
-for its scan; no flipped copy of the whole input is made.
+rows are visited bottom-up and each row is scanned from right to left, so no
+flipped copy of any tensor is made.
 """
 import math
 from typing import Optional
@@ -94,38 +94,32 @@ def _wavefront_scan_2d_pytorch(x: Tensor,
                                                           2).unsqueeze(2)
         C_rows = C.to(dtype).permute(1, 0, 3, 2).unsqueeze(2)
         height, width = x.shape[1], x.shape[2]
-        # Interior steps average the two neighbours: halve j >= 1 (the
-        # scan's first step along j has no left neighbour).
+        reverse = origin == 'br'
+        # Interior steps average the two neighbours: halve every step along
+        # j but the scan's first one, which has no left neighbour.
+        first_column = width - 1 if reverse else 0
         half = torch.full((width, ), 0.5, dtype=dtype, device=x.device)
-        half[0] = 1.0
+        half[first_column] = 1.0
         has_left = (half < 1).to(dtype)
-        log_half = math.log(0.5)
-
-        row_order = range(height) if origin == 'tl' else range(
-            height - 1, -1, -1)
-        flip = origin == 'br'
+        # Row-independent parts of the row recurrences, computed at once.
+        gate_t = log_gate_t.exp()
+        halved_log_gate_l = log_gate_l + math.log(0.5)
+        halved_input_l = (half * has_left) * input_l
+        row_order = range(height - 1, -1, -1) if reverse else range(height)
         outputs = [None] * height
         previous = None
         for i in row_order:
-            row_gate_l, row_input_l = log_gate_l[i], input_l[i]
-            row_gate_t, row_input_t = log_gate_t[i], input_t[i]
-            row_C = C_rows[i]
-            if flip:
-                row_gate_l, row_input_l = row_gate_l.flip(-1), row_input_l.flip(
-                    -1)
-                row_gate_t, row_input_t = row_gate_t.flip(-1), row_input_t.flip(
-                    -1)
-                row_C = row_C.flip(-1)
             if previous is None:
-                states = linear_recurrence(row_gate_l, row_input_l)
-            else:
-                vertical = row_gate_t.exp() * previous + row_input_t
                 states = linear_recurrence(
-                    row_gate_l + log_half,
-                    half * (has_left * row_input_l + vertical))
+                    log_gate_l[i], input_l[i], reverse=reverse)
+            else:
+                vertical = gate_t[i] * previous + input_t[i]
+                states = linear_recurrence(
+                    halved_log_gate_l[i],
+                    halved_input_l[i] + half * vertical,
+                    reverse=reverse)
             previous = states
-            row_y = (states * row_C).sum(dim=2)
-            outputs[i] = row_y.flip(-1) if flip else row_y
+            outputs[i] = (states * C_rows[i]).sum(dim=2)
         y = torch.stack(outputs).permute(1, 0, 3, 2)
         if D is not None:
             y = y + D.to(dtype) * x_c

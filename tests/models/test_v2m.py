@@ -1,5 +1,6 @@
 """Tests of mmssm/models/backbones/v2m.py: the plain V2M backbone."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -462,3 +463,17 @@ def test_partial_init_from_vim_checkpoint(tmp_path):
     torch.testing.assert_close(state['pos_embed'],
                                resize_pos_embed(patches, (4, 4), (6, 6)))
     assert len(report.loaded) == len(state) - len(report.missing)
+
+
+@pytest.mark.parametrize('config,num_params', [
+    ('v2m_tiny_8xb64_in1k.py', 6_852_712),
+    ('v2m_small_8xb64_in1k.py', 25_205_992),
+])
+def test_imagenet_configs_build_the_authors_model_size(config, num_params):
+    from mmengine.config import Config
+    from mmpretrain.registry import MODELS as PRETRAIN_MODELS
+    root = Path(__file__).parents[2]
+    cfg = Config.fromfile(str(root / 'configs' / 'imagenet' / config))
+    with torch.device('meta'):
+        model = PRETRAIN_MODELS.build(cfg.model)
+    assert sum(p.numel() for p in model.parameters()) == num_params

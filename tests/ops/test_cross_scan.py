@@ -56,14 +56,16 @@ def make_inputs(batch: int, dim: int, state_size: int, height: int,
         delta_bias=torch.randn(4 * dim, dtype=F64) if with_bias else None)
 
 
-@pytest.mark.parametrize('height,width,with_d,with_bias', [(3, 5, True, True),
-                                                           (6, 1, False, True),
-                                                           (1, 7, True, False),
-                                                           (4, 4, False, False)])
+@pytest.mark.parametrize('height,width,with_d,with_bias',
+                         [(3, 5, True, True), (6, 1, False, True),
+                          (1, 7, True, False), (4, 4, False, False)])
 def test_cross_selective_scan_matches_reference(height, width, with_d,
                                                 with_bias):
     inputs = make_inputs(2, 3, 2, height, width, with_d, with_bias)
-    leaves = {k: v.requires_grad_() for k, v in inputs.items() if v is not None}
+    leaves = {
+        k: v.requires_grad_()
+        for k, v in inputs.items() if v is not None
+    }
     out = cross_selective_scan(**inputs, delta_softplus=True)
     expected = cross_selective_scan_reference(**inputs, delta_softplus=True)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)

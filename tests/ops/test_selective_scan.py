@@ -59,7 +59,10 @@ def test_matches_reference_outputs_and_gradients(length, layout_b, layout_c,
     if not softplus:
         # Without softplus, keep step sizes positive like a real model.
         inputs['delta'] = inputs['delta'].abs() + 0.05
-    leaves = {k: v.requires_grad_() for k, v in inputs.items() if v is not None}
+    leaves = {
+        k: v.requires_grad_()
+        for k, v in inputs.items() if v is not None
+    }
     y, last = selective_scan(
         **inputs, delta_softplus=softplus, return_last_state=True)
     y_ref, last_ref = selective_scan_reference(
@@ -175,27 +178,30 @@ def test_large_steps_long_sequence_are_finite_and_correct():
     torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize('reverse', [False, True])
 @pytest.mark.parametrize('length', [1, 2, 11, 32, 45])
-def test_linear_recurrence_matches_loop(length):
+def test_linear_recurrence_matches_loop(length, reverse):
     log_decay = -torch.rand(3, length, dtype=F64) * 3
     log_decay[0, length // 2] = 0.3  # a growing step is computed exactly too
     inputs = torch.randn(3, length, dtype=F64)
     initial = torch.randn(3, dtype=F64)
+    steps = range(length - 1, -1, -1) if reverse else range(length)
     for start in (None, initial):
         state = torch.zeros(3, dtype=F64) if start is None else start
-        expected = []
-        for t in range(length):
+        expected = torch.empty(3, length, dtype=F64)
+        for t in steps:
             state = log_decay[:, t].exp() * state + inputs[:, t]
-            expected.append(state)
+            expected[:, t] = state
         torch.testing.assert_close(
-            linear_recurrence(log_decay, inputs, start),
-            torch.stack(expected, -1))
+            linear_recurrence(log_decay, inputs, start, reverse=reverse),
+            expected)
 
 
 def test_linear_recurrence_bad_arguments():
     with pytest.raises(ValueError, match='same shape'):
         linear_recurrence(torch.zeros(2, 3), torch.zeros(2, 4))
-    with pytest.raises(ValueError, match=r'initial_state must have shape \(2,\)'):
+    with pytest.raises(ValueError,
+                       match=r'initial_state must have shape \(2,\)'):
         linear_recurrence(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3))
 
 

@@ -41,7 +41,10 @@ def test_matches_reference_outputs_and_gradients(origin, height, width,
     if not softplus:
         for name in ('delta_t', 'delta_l'):
             inputs[name] = inputs[name].abs() + 0.05
-    leaves = {k: v.requires_grad_() for k, v in inputs.items() if v is not None}
+    leaves = {
+        k: v.requires_grad_()
+        for k, v in inputs.items() if v is not None
+    }
     out = wavefront_scan_2d(**inputs, delta_softplus=softplus, origin=origin)
     expected = wavefront_scan_2d_reference(
         **inputs, delta_softplus=softplus, origin=origin)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from mmengine.registry import DefaultScope
 from torch import nn
 
 from mmssm.models.utils.flops import (analyze_flops, parse_model_spec,
@@ -226,7 +227,10 @@ def _write_classifier_config(tmp_path: Path) -> str:
 def test_tool_main_on_config(tmp_path, capsys):
     config = _write_classifier_config(tmp_path)
     tool = _load_tool()
+    scope = DefaultScope.get_current_instance()
     result = tool.main([config, '--shape', '64', '--max-depth', '1'])
+    # The config's scope is not left behind.
+    assert DefaultScope.get_current_instance() is scope
     out = capsys.readouterr().out
     assert 'Params: ' in out and 'FLOPs: ' in out and '| model' in out
     assert result['by_operator']['cross_selective_scan'] > 0

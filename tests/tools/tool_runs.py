@@ -27,7 +27,7 @@ TINY_BACKBONES = {
     'V2MPyramid': (dict(
         type='mmssm.V2MPyramid',
         arch=dict(embed_dims=8, depths=(1, 1, 1, 1), d_state=1,
-                  ssm_ratio=1.0, mlp_ratio=2.0, version='v2'),
+                  ssm_ratio=1.0, mlp_ratio=2.0),
         out_indices=(0, 1, 2, 3)), False),
     'Mamba2D': (dict(
         type='mmssm.Mamba2D',

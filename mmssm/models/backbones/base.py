@@ -120,8 +120,9 @@ class SSMBackbone(BaseModule):
             state_dict: A flat state dict.
             prefix: Take the keys under this prefix (stripped). Without it,
                 a state dict of a whole OpenMMLab model (``backbone.`` keys
-                beside neck/head keys) gives its ``backbone.`` keys; any
-                other state dict is returned unchanged.
+                beside neck/head keys), or one whose keys all start with
+                ``backbone.``, gives its ``backbone.`` keys; any other state
+                dict is returned unchanged.
 
         Returns:
             The selected state dict.
@@ -130,10 +131,10 @@ class SSMBackbone(BaseModule):
             KeyError: If no key starts with an explicit ``prefix``.
         """
         if prefix is None:
-            has_backbone = any(k.startswith('backbone.') for k in state_dict)
-            whole_model = any(
+            in_backbone = [k.startswith('backbone.') for k in state_dict]
+            whole_model = all(in_backbone) or any(
                 k.startswith(WHOLE_MODEL_PREFIXES) for k in state_dict)
-            if not (has_backbone and whole_model):
+            if not (any(in_backbone) and whole_model):
                 return state_dict
             prefix = 'backbone.'
         selected = {

@@ -353,6 +353,7 @@ class V2M(SSMBackbone):
             checkpoints are understood (see :meth:`convert_checkpoint`).
     """
 
+    arch_zoo = ARCH_ZOO
     pretrained_fresh_patterns = ('adapter.*', )
 
     def __init__(self,

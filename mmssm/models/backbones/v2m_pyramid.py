@@ -206,6 +206,7 @@ class V2MPyramid(VMamba):
     """
 
     # Weights an ImageNet VMamba checkpoint cannot provide.
+    arch_zoo = ARCH_ZOO
     pretrained_fresh_patterns = ('out_norms.*', 'stages.*.mixer.col_*')
 
     def __init__(self, arch: Union[str, dict] = 'small', **kwargs) -> None:

@@ -422,6 +422,7 @@ class VMamba(SSMBackbone):
             ``dict(type='Pretrained', checkpoint=PATH)``.
     """
 
+    arch_zoo = ARCH_ZOO
     pretrained_fresh_patterns = ('out_norms.*', )
 
     def __init__(self,

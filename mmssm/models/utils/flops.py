@@ -71,6 +71,7 @@ from mmengine.analysis import FlopAnalyzer
 from mmengine.analysis.jit_handles import get_shape
 from mmengine.config import Config
 from mmengine.registry import MODELS as ROOT_MODELS
+from mmengine.registry import DefaultScope
 from torch import Tensor, nn
 
 from mmssm.ops import dispatch
@@ -595,11 +596,13 @@ def build_analysis_model(spec: str,
     backbone_kwargs = dict(backbone_kwargs or {})
     if spec.endswith('.py'):
         cfg = Config.fromfile(spec)
-        init_config_scope(cfg)
         model_cfg = cfg.model
         model_cfg.backbone.update(backbone_kwargs)
-        model = ROOT_MODELS.build(
-            model_cfg.backbone if backbone_only else model_cfg)
+        # The config's scope only while building: the caller's stays.
+        with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):
+            init_config_scope(cfg)
+            model = ROOT_MODELS.build(
+                model_cfg.backbone if backbone_only else model_cfg)
     else:
         type_name, arch = parse_model_spec(spec)
         if type_name not in MODELS:

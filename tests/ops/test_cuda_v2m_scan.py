@@ -1,0 +1,251 @@
+"""Tests of the compiled V2M corner scan (mmssm/ops/cuda_ops.py,
+csrc/common/cuda/v2m_corner_scan_kernel.cuh).
+
+The output and every input gradient are compared with the float64 naive
+loop reference ``v2m_corner_scan_reference`` on fresh random inputs.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from typing import Dict, Optional, Sequence
+
+import pytest
+import torch
+from torch import Tensor
+
+from mmssm.ops import backend, compiled_ops_available, cuda_ops
+from mmssm.ops.v2m_scan import v2m_corner_scan, v2m_corner_scan_reference
+
+# Largest relative error ‖actual − expected‖ / ‖expected‖ per input dtype.
+TOLERANCES = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-5,
+    torch.float16: 5e-3,
+    torch.bfloat16: 1e-2,
+}
+WEIGHT_NAMES = ('A', 'D', 'delta_bias')
+ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+ALL_CORNERS = ('tl', 'tr', 'bl', 'br')
+
+
+def relative_error(actual: Tensor, expected: Tensor) -> float:
+    """Relative error in float64; inf where ``actual`` is not finite."""
+    actual, expected = actual.double(), expected.double()
+    if not torch.isfinite(actual).all():
+        return float('inf')
+    return ((actual - expected).norm() /
+            expected.norm().clamp_min(1e-30)).item()
+
+
+def sample(shape: Sequence[int], scale: float = 1.0, shift: float = 0.0,
+           contiguous: bool = True) -> Tensor:
+    """Fresh normal samples on the GPU; else a strided (transposed) view."""
+    if contiguous:
+        return torch.randn(*shape, device='cuda') * scale + shift
+    swapped = list(shape)
+    swapped[-1], swapped[-2] = swapped[-2], swapped[-1]
+    return (torch.randn(*swapped, device='cuda') * scale +
+            shift).transpose(-1, -2)
+
+
+def corner_inputs(batch: int, dim: int, height: int, width: int, dstate: int,
+                  corners: Sequence[str], variable: str, shared_u: bool,
+                  with_options: bool = True,
+                  contiguous: bool = True) -> Dict[str, Optional[Tensor]]:
+    """Inputs of one pass; ``variable``: which of B and C is per pixel
+    ('B': the row pass of the V2M mixer, 'C': its column pass, 'both')."""
+    k = len(corners)
+    spatial = (height, width)
+    u_shape = (batch, dim, *spatial) if shared_u else (batch, k, dim,
+                                                       *spatial)
+
+    def matrix(per_pixel: bool) -> Tensor:
+        if per_pixel:
+            return sample((batch, k, dstate, *spatial), contiguous=contiguous)
+        return sample((k * dim, dstate))
+
+    return {
+        'u': sample(u_shape, contiguous=contiguous),
+        'delta': sample((batch, k, dim, *spatial), 0.5, -1.0),
+        'A': -torch.exp(sample((k * dim, dstate), 0.5)),
+        'B': matrix(variable in ('B', 'both')),
+        'C': matrix(variable in ('C', 'both')),
+        'D': sample((k * dim, )) if with_options else None,
+        'z': sample(u_shape) if with_options else None,
+        'delta_bias': sample((k * dim, ), 0.3) if with_options else None,
+    }
+
+
+def errors_against_reference(inputs: Dict[str, Optional[Tensor]],
+                             dtype: torch.dtype,
+                             **kwargs) -> Dict[str, float]:
+    """Relative errors of the output and of every input gradient.
+
+    Activations are cast to ``dtype`` (weights and constant B/C stay
+    float32, or float64) for the compiled op and the same values to float64
+    for the reference; both get the same output gradient.
+    """
+    weight_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    mine, ref = {}, {}
+    for name, value in inputs.items():
+        if value is None:
+            mine[name] = ref[name] = None
+            continue
+        is_weight = name in WEIGHT_NAMES or value.dim() == 2
+        cast = weight_dtype if is_weight else dtype
+        mine[name] = value.detach().to(cast).requires_grad_()
+        ref[name] = value.detach().to(cast).double().requires_grad_()
+    out = cuda_ops.v2m_corner_scan_cuda(**mine, **kwargs)
+    expected = v2m_corner_scan_reference(**ref, **kwargs)
+    assert out.dtype == dtype and out.shape == expected.shape
+    grad_out = torch.randn_like(expected)
+    out.backward(grad_out.to(dtype))
+    expected.backward(grad_out)
+    errors = {'out': relative_error(out, expected)}
+    for name, value in mine.items():
+        if value is not None:
+            assert value.grad is not None and value.grad.dtype == value.dtype
+            errors['d' + name] = relative_error(value.grad, ref[name].grad)
+    return errors
+
+
+def assert_close(errors: Dict[str, float], dtype: torch.dtype) -> None:
+    bad = {k: v for k, v in errors.items() if not v <= TOLERANCES[dtype]}
+    assert not bad, f'{dtype}: relative errors over {TOLERANCES[dtype]}: ' \
+        f'{bad} (all: {errors})'
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('dtype', ALL_DTYPES)
+@pytest.mark.parametrize('height,width,axis', [(1, 1, 'row'), (1, 9, 'col'),
+                                               (7, 1, 'row'), (5, 3, 'col'),
+                                               (11, 37, 'row'),
+                                               (19, 6, 'col')])
+def test_v2m_scan_matches_reference(dtype, height, width, axis):
+    # As the V2M mixer: shared u and per-pixel B in the row pass,
+    # per-corner u and per-pixel C in the column pass. Lines of 37 and 19
+    # positions span several saved chunks.
+    row = axis == 'row'
+    inputs = corner_inputs(2, 5, height, width, 16, ALL_CORNERS,
+                           'B' if row else 'C', shared_u=row)
+    errors = errors_against_reference(inputs, dtype, delta_softplus=True,
+                                      axis=axis, corners=ALL_CORNERS)
+    assert_close(errors, dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('axis', ['row', 'col'])
+@pytest.mark.parametrize('dstate,dim', [(1, 40), (3, 7)])
+def test_v2m_scan_state_sizes_corner_subsets(axis, dstate, dim):
+    # d_state 1 puts 32 channels in a warp (40 channels: two warps, the
+    # second mostly idle); 3 states pad their lanes to 4. Corner subsets and
+    # repeats, both B and C per pixel, no options, non-contiguous inputs.
+    corners = ('br', 'tl', 'br')
+    inputs = corner_inputs(1, dim, 13, 18, dstate, corners, 'both',
+                           shared_u=False, with_options=False,
+                           contiguous=False)
+    inputs['delta'] = torch.rand_like(inputs['delta']) * 0.5 + 0.01
+    errors = errors_against_reference(inputs, torch.float32,
+                                      delta_softplus=False, axis=axis,
+                                      corners=corners)
+    assert_close(errors, torch.float32)
+
+
+@pytest.mark.cuda
+def test_v2m_scan_shared_gate():
+    inputs = corner_inputs(2, 4, 6, 17, 2, ('tr', 'bl'), 'C', shared_u=True)
+    errors = errors_against_reference(inputs, torch.float32,
+                                      delta_softplus=True, axis='row',
+                                      corners=('tr', 'bl'))
+    assert_close(errors, torch.float32)
+
+
+@pytest.mark.cuda
+def test_v2m_public_op_dispatches_to_kernel():
+    assert compiled_ops_available()
+    assert backend('v2m_corner_scan') == 'cuda'
+    inputs = corner_inputs(1, 3, 4, 5, 2, ALL_CORNERS, 'B', shared_u=True)
+    torch.testing.assert_close(
+        v2m_corner_scan(**inputs, delta_softplus=True, axis='col'),
+        cuda_ops.v2m_corner_scan_cuda(**inputs, delta_softplus=True,
+                                      axis='col'),
+        rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+def test_v2m_passes_opcheck():
+    # Schema, fake (meta) implementation and autograd registration agree
+    # with the kernel (a line of 20 positions saves one chunk state).
+    inputs = corner_inputs(2, 3, 20, 5, 4, ALL_CORNERS, 'B', shared_u=True)
+    args = tuple(inputs.values()) + (True, True, 0b1100)
+    torch.library.opcheck(torch.ops.mmssm.v2m_corner_scan_fwd.default, args)
+
+
+@pytest.mark.cuda
+def test_v2m_torch_compile_full_graph():
+    inputs = corner_inputs(2, 3, 6, 5, 2, ALL_CORNERS, 'B', shared_u=True)
+    for value in inputs.values():
+        value.requires_grad_()
+
+    def loss_fn(scan_inputs):
+        rows = cuda_ops.v2m_corner_scan_cuda(**scan_inputs,
+                                             delta_softplus=True, axis='row')
+        return (rows**2).sum()
+
+    compiled = torch.compile(loss_fn, fullgraph=True, backend='aot_eager')
+    loss = compiled(inputs)
+    loss.backward()
+    grads = {k: v.grad.clone() for k, v in inputs.items()}
+    for value in inputs.values():
+        value.grad = None
+    eager = loss_fn(inputs)
+    eager.backward()
+    assert relative_error(loss, eager) < 1e-6
+    for name, value in inputs.items():
+        assert relative_error(grads[name], value.grad) < 1e-6, name
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(shutil.which('compute-sanitizer') is None,
+                    reason='compute-sanitizer is not on PATH')
+def test_v2m_memcheck_clean():
+    script = (
+        'import torch\n'
+        'from mmssm.ops import cuda_ops\n'
+        'for dt, axis in ((torch.float32, "row"), (torch.bfloat16, "col")):\n'
+        '    u = torch.randn(1, 3, 17, 19, device="cuda", dtype=dt)\n'
+        '    u.requires_grad_()\n'
+        '    d = torch.randn(1, 4, 3, 17, 19, device="cuda", dtype=dt)\n'
+        '    b = torch.randn(1, 4, 5, 17, 19, device="cuda", dtype=dt)\n'
+        '    A = -torch.rand(12, 5, device="cuda", requires_grad=True)\n'
+        '    c = torch.ones(12, 5, device="cuda", requires_grad=True)\n'
+        '    cuda_ops.v2m_corner_scan_cuda(u, d, A, b, c, c[:, 0], u,\n'
+        '        c[:, 1], True, axis).sum().backward()\n'
+        'torch.cuda.synchronize()\n')
+    result = subprocess.run(
+        ['compute-sanitizer', '--tool', 'memcheck', '--error-exitcode', '3',
+         sys.executable, '-c', script],
+        capture_output=True, text=True, env=dict(os.environ))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert 'ERROR SUMMARY: 0 errors' in result.stdout
+
+
+def test_v2m_refuses_cpu_input_and_bad_axis():
+    u = torch.randn(1, 2, 3, 4)
+    args = (u, torch.randn(1, 4, 2, 3, 4), -torch.ones(8, 1),
+            torch.ones(8, 1), torch.ones(8, 1))
+    with pytest.raises(ValueError, match='u must be a CUDA tensor'):
+        cuda_ops.v2m_corner_scan_cuda(*args)
+    with pytest.raises(ValueError, match="axis must be 'row' or 'col'"):
+        cuda_ops.v2m_corner_scan_cuda(*args, axis='diagonal')
+
+
+def test_backwards_mask_follows_the_walk_rule():
+    # Right corners walk rows backwards, bottom corners walk columns
+    # backwards (bit k for corner k).
+    assert cuda_ops._backwards_mask(ALL_CORNERS, 'row') == 0b1010
+    assert cuda_ops._backwards_mask(ALL_CORNERS, 'col') == 0b1100
+    assert cuda_ops._backwards_mask(('br', 'tl'), 'row') == 0b01
+    with pytest.raises(ValueError, match="corners entry 'xx'"):
+        cuda_ops._backwards_mask(('xx', ), 'row')

@@ -1,0 +1,225 @@
+"""Tests of the compiled Mamba2D wavefront scan (mmssm/ops/cuda_ops.py,
+csrc/common/cuda/wavefront_scan_kernel.cuh).
+
+The output and every input gradient are compared with the float64
+pixel-by-pixel reference of mmssm/ops/reference.py on fresh random inputs.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from typing import Dict, Optional, Sequence
+
+import pytest
+import torch
+from torch import Tensor
+
+from mmssm.ops import (backend, compiled_ops_available, cuda_ops,
+                       wavefront_scan_2d)
+from mmssm.ops.reference import wavefront_scan_2d_reference
+
+# Largest relative error ‖actual − expected‖ / ‖expected‖ per input dtype.
+TOLERANCES = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-5,
+    torch.float16: 5e-3,
+    torch.bfloat16: 1e-2,
+}
+WEIGHT_NAMES = ('A_t', 'A_l', 'D', 'delta_bias_t', 'delta_bias_l')
+ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def relative_error(actual: Tensor, expected: Tensor) -> float:
+    """Relative error in float64; inf where ``actual`` is not finite."""
+    actual, expected = actual.double(), expected.double()
+    if not torch.isfinite(actual).all():
+        return float('inf')
+    return ((actual - expected).norm() /
+            expected.norm().clamp_min(1e-30)).item()
+
+
+def sample(shape: Sequence[int], scale: float = 1.0, shift: float = 0.0,
+           contiguous: bool = True) -> Tensor:
+    """Fresh normal samples on the GPU; else a strided (transposed) view."""
+    if contiguous:
+        return torch.randn(*shape, device='cuda') * scale + shift
+    swapped = list(shape)
+    swapped[-1], swapped[-2] = swapped[-2], swapped[-1]
+    return (torch.randn(*swapped, device='cuda') * scale +
+            shift).transpose(-1, -2)
+
+
+def wavefront_inputs(batch: int, height: int, width: int, channels: int,
+                     dstate: int, with_options: bool = True,
+                     contiguous: bool = True) -> Dict[str, Optional[Tensor]]:
+    grid = (batch, height, width)
+    return {
+        'x': sample((*grid, channels), contiguous=contiguous),
+        'delta_t': sample((*grid, channels), 0.5, -1.0),
+        'delta_l': sample((*grid, channels), 0.5, -1.0,
+                          contiguous=contiguous),
+        'A_t': -torch.exp(sample((channels, dstate), 0.5)),
+        'A_l': -torch.exp(sample((channels, dstate), 0.5)),
+        'B_t': sample((*grid, dstate), contiguous=contiguous),
+        'B_l': sample((*grid, dstate)),
+        'C': sample((*grid, dstate), contiguous=contiguous),
+        'D': sample((channels, )) if with_options else None,
+        'delta_bias_t': sample((channels, ), 0.3) if with_options else None,
+        'delta_bias_l': sample((channels, ), 0.3) if with_options else None,
+    }
+
+
+def errors_against_reference(inputs: Dict[str, Optional[Tensor]],
+                             dtype: torch.dtype,
+                             **kwargs) -> Dict[str, float]:
+    """Relative errors of the output and of every input gradient.
+
+    Activations are cast to ``dtype`` (weights stay float32, or float64) for
+    the compiled op and the same values to float64 for the reference; both
+    get the same output gradient.
+    """
+    weight_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    mine, ref = {}, {}
+    for name, value in inputs.items():
+        if value is None:
+            mine[name] = ref[name] = None
+            continue
+        cast = weight_dtype if name in WEIGHT_NAMES else dtype
+        mine[name] = value.detach().to(cast).requires_grad_()
+        ref[name] = value.detach().to(cast).double().requires_grad_()
+    out = cuda_ops.wavefront_scan_2d_cuda(**mine, **kwargs)
+    expected = wavefront_scan_2d_reference(**ref, **kwargs)
+    assert out.dtype == dtype and out.shape == expected.shape
+    grad_out = torch.randn_like(expected)
+    out.backward(grad_out.to(dtype))
+    expected.backward(grad_out)
+    errors = {'out': relative_error(out, expected)}
+    for name, value in mine.items():
+        if value is not None:
+            assert value.grad is not None and value.grad.dtype == value.dtype
+            errors['d' + name] = relative_error(value.grad, ref[name].grad)
+    return errors
+
+
+def assert_close(errors: Dict[str, float], dtype: torch.dtype) -> None:
+    bad = {k: v for k, v in errors.items() if not v <= TOLERANCES[dtype]}
+    assert not bad, f'{dtype}: relative errors over {TOLERANCES[dtype]}: ' \
+        f'{bad} (all: {errors})'
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('dtype', ALL_DTYPES)
+@pytest.mark.parametrize('height,width,origin', [(1, 1, 'tl'), (1, 7, 'br'),
+                                                 (9, 1, 'tl'), (5, 3, 'br'),
+                                                 (13, 17, 'tl'),
+                                                 (7, 37, 'br')])
+def test_wavefront_matches_reference(dtype, height, width, origin):
+    # 5 channels of 16 states: the last warp's second channel is padding;
+    # width 37 spans two tiles.
+    inputs = wavefront_inputs(2, height, width, 5, 16)
+    errors = errors_against_reference(inputs, dtype, delta_softplus=True,
+                                      origin=origin)
+    assert_close(errors, dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('origin', ['tl', 'br'])
+@pytest.mark.parametrize('dstate', [1, 3])
+def test_wavefront_narrow_tiles_and_state_sizes(origin, dstate, monkeypatch):
+    # Narrow tiles (3 tiles over 37 columns); state sizes that are not a
+    # power of two pad their lanes; no optional inputs, non-contiguous ones.
+    monkeypatch.setattr(cuda_ops, '_WAVEFRONT_MIN_BLOCKS_FOR_NARROW_TILES', 1)
+    assert cuda_ops._wavefront_tiling(1, 37, 3, dstate)[1:] == (16, 3)
+    inputs = wavefront_inputs(1, 11, 37, 3, dstate, with_options=False,
+                              contiguous=False)
+    inputs['delta_t'] = torch.rand_like(inputs['delta_t']) * 0.5 + 0.01
+    inputs['delta_l'] = torch.rand_like(inputs['delta_l']) * 0.5 + 0.01
+    errors = errors_against_reference(inputs, torch.float32,
+                                      delta_softplus=False, origin=origin)
+    assert_close(errors, torch.float32)
+
+
+@pytest.mark.cuda
+def test_wavefront_public_op_dispatches_to_kernel():
+    assert compiled_ops_available()
+    assert backend('wavefront_scan_2d') == 'cuda'
+    inputs = wavefront_inputs(1, 4, 6, 2, 4)
+    torch.testing.assert_close(
+        wavefront_scan_2d(**inputs, delta_softplus=True),
+        cuda_ops.wavefront_scan_2d_cuda(**inputs, delta_softplus=True),
+        rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+def test_wavefront_passes_opcheck():
+    # Schema, fake (meta) implementation and autograd registration agree
+    # with the kernel.
+    inputs = wavefront_inputs(2, 5, 7, 3, 4)
+    args = tuple(inputs.values()) + (True, True, 4)
+    torch.library.opcheck(torch.ops.mmssm.wavefront_scan_fwd.default, args)
+
+
+@pytest.mark.cuda
+def test_wavefront_torch_compile_full_graph():
+    inputs = wavefront_inputs(2, 6, 5, 3, 4)
+    for value in inputs.values():
+        value.requires_grad_()
+
+    def loss_fn(scan_inputs):
+        return (cuda_ops.wavefront_scan_2d_cuda(
+            **scan_inputs, delta_softplus=True, origin='br')**2).sum()
+
+    compiled = torch.compile(loss_fn, fullgraph=True, backend='aot_eager')
+    loss = compiled(inputs)
+    loss.backward()
+    grads = {k: v.grad.clone() for k, v in inputs.items()}
+    for value in inputs.values():
+        value.grad = None
+    eager = loss_fn(inputs)
+    eager.backward()
+    assert relative_error(loss, eager) < 1e-6
+    for name, value in inputs.items():
+        assert relative_error(grads[name], value.grad) < 1e-6, name
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(shutil.which('compute-sanitizer') is None,
+                    reason='compute-sanitizer is not on PATH')
+def test_wavefront_memcheck_clean():
+    script = (
+        'import torch\n'
+        'from mmssm.ops import cuda_ops\n'
+        'for dt, origin in ((torch.float32, "tl"), (torch.bfloat16, "br")):\n'
+        '    x = torch.randn(1, 5, 37, 3, device="cuda", dtype=dt)\n'
+        '    x.requires_grad_()\n'
+        '    bc = torch.randn(1, 5, 37, 3, device="cuda", dtype=dt)\n'
+        '    A = -torch.rand(3, 3, device="cuda", requires_grad=True)\n'
+        '    D = torch.randn(3, device="cuda", requires_grad=True)\n'
+        '    cuda_ops.wavefront_scan_2d_cuda(x, x, x, A, A, bc, bc, bc, D,\n'
+        '        D, D, True, origin).sum().backward()\n'
+        'torch.cuda.synchronize()\n')
+    result = subprocess.run(
+        ['compute-sanitizer', '--tool', 'memcheck', '--error-exitcode', '3',
+         sys.executable, '-c', script],
+        capture_output=True, text=True, env=dict(os.environ))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert 'ERROR SUMMARY: 0 errors' in result.stdout
+
+
+def test_wavefront_refuses_cpu_input_and_bad_origin():
+    features, matrix = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 2)
+    inputs = dict(x=features, delta_t=features, delta_l=features,
+                  A_t=-torch.ones(4, 2), A_l=-torch.ones(4, 2), B_t=matrix,
+                  B_l=matrix, C=matrix)
+    with pytest.raises(ValueError, match='x must be a CUDA tensor'):
+        cuda_ops.wavefront_scan_2d_cuda(**inputs)
+    with pytest.raises(ValueError, match='origin must be one of'):
+        cuda_ops.wavefront_scan_2d_cuda(**inputs, origin='tr')
+
+
+def test_wavefront_tiling_rule():
+    # Few blocks (a high-resolution map at batch 2): wide tiles; many
+    # blocks: narrow ones; never wider than the map.
+    assert cuda_ops._wavefront_tiling(2, 320, 64, 16) == (32, 32, 10)
+    assert cuda_ops._wavefront_tiling(64, 56, 64, 16) == (32, 16, 4)
+    assert cuda_ops._wavefront_tiling(64, 7, 64, 3) == (8, 7, 1)
