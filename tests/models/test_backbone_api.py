@@ -28,7 +28,7 @@ SMALL_ARCHS = {
                     d_state=2),
     'Vim': dict(arch=dict(embed_dims=16, num_layers=4, d_state=2),
                 out_indices=(0, 1, 2, 3)),
-    'V2M': dict(arch=dict(embed_dims=16, depth=4, d_state=2),
+    'V2M': dict(arch=dict(embed_dims=16, num_layers=4, d_state=2),
                 out_indices=(0, 1, 2, 3)),
 }
 

@@ -13,14 +13,14 @@ from mmssm.models.utils.checkpoint import CheckpointError
 from mmssm.ops.reference import selective_scan_reference
 from mmssm.registry import MODELS
 
-MICRO = dict(embed_dims=16, depth=4, d_state=4, dt_rank=2)
+MICRO = dict(embed_dims=16, num_layers=4, d_state=4, dt_rank=2)
 
 
 def _micro(**kwargs):
     kwargs.setdefault('arch', MICRO)
     kwargs.setdefault('img_size', 64)
     kwargs.setdefault('drop_path_rate', 0.0)
-    kwargs.setdefault('out_strides', None)
+    kwargs.setdefault('pyramid_strides', None)
     return V2M(**kwargs)
 
 
@@ -76,10 +76,10 @@ def test_pretrained_init_cfg_loads_official_checkpoint(fixtures_dir):
     folder, meta, inputs, outputs = _load_fixture(fixtures_dir)
     kwargs = meta['constructor_kwargs_VisionMamba']
     backbone = V2M(
-        arch=dict(embed_dims=kwargs['embed_dim'], depth=kwargs['depth']),
+        arch=dict(embed_dims=kwargs['embed_dim'], num_layers=kwargs['depth']),
         img_size=kwargs['img_size'],
         out_indices=(1, 3),
-        out_strides=(8, 16),
+        pyramid_strides=(8, 16),
         layout='official',
         init_cfg=dict(type='Pretrained',
                       checkpoint=str(folder / 'checkpoint.pth')))
@@ -100,10 +100,10 @@ def test_final_norm_backbone_gives_the_authors_features(fixtures_dir):
     folder, meta, inputs, outputs = _load_fixture(fixtures_dir)
     kwargs = meta['constructor_kwargs_VisionMamba']
     backbone = V2M(
-        arch=dict(embed_dims=kwargs['embed_dim'], depth=kwargs['depth']),
+        arch=dict(embed_dims=kwargs['embed_dim'], num_layers=kwargs['depth']),
         img_size=kwargs['img_size'],
         out_indices=(-1, ),
-        out_strides=None,
+        pyramid_strides=None,
         final_norm=True,
         layout='official',
         init_cfg=dict(type='Pretrained',
@@ -164,7 +164,7 @@ def test_manifests_convert_cleanly_and_param_counts(fixtures_dir, model_name,
 
 def test_arch_base_follows_the_width_rule():
     with torch.device('meta'):
-        backbone = V2M(arch='base', out_strides=None, out_indices=(23, ))
+        backbone = V2M(arch='base', pyramid_strides=None, out_indices=(23, ))
     mixer = backbone.layers[0].mixer
     assert backbone.embed_dims == 768 and backbone.depth == 24
     assert mixer.in_proj.weight.shape == (2 * 1536, 768)
@@ -254,7 +254,7 @@ def test_official_mixer_dependency_pattern_matches_fixture_probe():
 
 
 def test_official_layout_rejects_non_square_grids():
-    backbone = _micro(layout='official', out_indices=(3, ), out_strides=None)
+    backbone = _micro(layout='official', out_indices=(3, ), pyramid_strides=None)
     with pytest.raises(ValueError, match='square'):
         backbone(torch.randn(1, 3, 64, 80))
 
@@ -264,7 +264,7 @@ def test_official_layout_rejects_non_square_grids():
 
 def test_odd_size_corrected_layout_pyramid():
     backbone = _micro(out_indices=(0, 1, 2, 3),
-                      out_strides=(4, 8, 16, 32)).eval()
+                      pyramid_strides=(4, 8, 16, 32)).eval()
     assert backbone.out_channels == (16, ) * 4
     assert backbone.out_strides == (4, 8, 16, 32)
     with torch.no_grad():
@@ -278,7 +278,7 @@ def test_odd_size_corrected_layout_pyramid():
 
 def test_batch_of_one_equals_batched_sample():
     torch.manual_seed(0)
-    backbone = _micro(out_indices=(1, 3), out_strides=None).double().eval()
+    backbone = _micro(out_indices=(1, 3), pyramid_strides=None).double().eval()
     _perturb(backbone, 2)
     images = torch.randn(3, 3, 48, 80, dtype=torch.float64)
     with torch.no_grad():
@@ -291,13 +291,13 @@ def test_batch_of_one_equals_batched_sample():
 
 def test_default_out_indices_and_registry():
     backbone = MODELS.build(
-        dict(type='mmssm.V2M', arch=dict(embed_dims=8, depth=8), img_size=32))
+        dict(type='mmssm.V2M', arch=dict(embed_dims=8, num_layers=8), img_size=32))
     assert backbone.out_indices == (1, 3, 5, 7)
     assert len(backbone(torch.randn(1, 3, 32, 32))) == 4
 
 
 def test_frozen_stages():
-    backbone = _micro(frozen_stages=2, out_indices=(3, ), out_strides=(16, ))
+    backbone = _micro(frozen_stages=2, out_indices=(3, ), pyramid_strides=(16, ))
     backbone.train()
     assert not backbone.pos_embed.requires_grad
     assert not any(p.requires_grad for p in backbone.patch_embed.parameters())
@@ -312,8 +312,8 @@ def test_frozen_stages():
 
 def test_with_cp_gives_identical_outputs_and_grads():
     torch.manual_seed(0)
-    plain = _micro(out_indices=(1, 3), out_strides=(8, 16))
-    checkpointed = _micro(out_indices=(1, 3), out_strides=(8, 16),
+    plain = _micro(out_indices=(1, 3), pyramid_strides=(8, 16))
+    checkpointed = _micro(out_indices=(1, 3), pyramid_strides=(8, 16),
                           with_cp=True)
     checkpointed.load_state_dict(plain.state_dict())
     images = torch.randn(2, 3, 48, 64)
@@ -334,7 +334,7 @@ def test_with_cp_gives_identical_outputs_and_grads():
 
 
 def test_bf16_autocast_outputs_and_grads_finite():
-    backbone = _micro(out_indices=(3, ), out_strides=(16, ))
+    backbone = _micro(out_indices=(3, ), pyramid_strides=(16, ))
     images = torch.randn(1, 3, 48, 48)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         feats = backbone(images)
@@ -347,9 +347,9 @@ def test_bf16_autocast_outputs_and_grads_finite():
 @pytest.mark.parametrize('kwargs,message', [
     (dict(arch='huge'), 'arch must be one of'),
     (dict(arch=dict(embed_dims=8)), 'missing keys'),
-    (dict(arch=dict(embed_dims=8, depth=4, ratio=2)), 'unknown keys'),
+    (dict(arch=dict(embed_dims=8, num_layers=4, ratio=2)), 'unknown keys'),
     (dict(layout='rotated'), 'layout'),
-    (dict(out_indices=(1, 3), out_strides=(4, 8, 16)), 'out_strides'),
+    (dict(out_indices=(1, 3), pyramid_strides=(4, 8, 16)), 'pyramid_strides'),
     (dict(out_indices=(4, )), 'out_indices'),
 ])
 def test_bad_config_raises_clear_errors(kwargs, message):

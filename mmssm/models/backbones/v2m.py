@@ -47,7 +47,7 @@ Two output layouts (``layout``):
 For dense prediction the backbone returns the residual stream after the
 blocks named by ``out_indices`` (the fixtures' ``layers.{i}.tokens``) as
 maps at the patch stride, turned into a 4-level pyramid by
-:class:`mmssm.models.layers.plain.MultiScaleAdapter` (``out_strides``).
+:class:`mmssm.models.layers.plain.MultiScaleAdapter` (``pyramid_strides``).
 """
 import math
 import re
@@ -71,9 +71,9 @@ StateDict = Dict[str, torch.Tensor]
 #: Released configurations (``vim_{tiny,small}_patch16_224_bimamba2d_*``);
 #: ``base`` follows the same rule (Vim-B width).
 ARCH_ZOO: Dict[str, dict] = {
-    'tiny': dict(embed_dims=192, depth=24),
-    'small': dict(embed_dims=384, depth=24),
-    'base': dict(embed_dims=768, depth=24),
+    'tiny': dict(embed_dims=192, num_layers=24),
+    'small': dict(embed_dims=384, num_layers=24),
+    'base': dict(embed_dims=768, num_layers=24),
 }
 _ARCH_DEFAULTS = dict(d_state=16, expand=2, d_conv=4, dt_rank='auto')
 LAYOUTS = ('corrected', 'official')
@@ -100,9 +100,9 @@ def _resolve_arch(arch: Union[str, dict]) -> dict:
         arch = ARCH_ZOO[arch]
     if not isinstance(arch, dict):
         raise ValueError(f'arch must be a str or a dict, got {arch!r}')
-    missing = [k for k in ('embed_dims', 'depth') if k not in arch]
+    missing = [k for k in ('embed_dims', 'num_layers') if k not in arch]
     unknown = [
-        k for k in arch if k not in ('embed_dims', 'depth', *_ARCH_DEFAULTS)
+        k for k in arch if k not in ('embed_dims', 'num_layers', *_ARCH_DEFAULTS)
     ]
     if missing or unknown:
         raise ValueError(f'arch dict: missing keys {missing}, unknown keys '
@@ -333,7 +333,7 @@ class V2M(SSMBackbone):
         out_indices: Blocks whose output (the residual stream after the
             block) is returned; default: the last block of each quarter of
             the depth, e.g. ``(5, 11, 17, 23)``.
-        out_strides: Stride of each output, one per ``out_indices`` entry,
+        pyramid_strides: Stride of each output, one per ``out_indices`` entry,
             made by the multi-scale adapter; None returns the maps at the
             patch stride without an adapter (used by the classifier).
         layout: ``'corrected'`` (any grid) or ``'official'`` (the authors'
@@ -363,7 +363,7 @@ class V2M(SSMBackbone):
                  stride: Optional[int] = None,
                  in_channels: int = 3,
                  out_indices: Optional[Sequence[int]] = None,
-                 out_strides: Optional[Sequence[int]] = (4, 8, 16, 32),
+                 pyramid_strides: Optional[Sequence[int]] = (4, 8, 16, 32),
                  layout: str = 'corrected',
                  final_norm: bool = False,
                  drop_path_rate: float = 0.1,
@@ -373,7 +373,7 @@ class V2M(SSMBackbone):
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.arch = _resolve_arch(arch)
-        dims, depth = self.arch['embed_dims'], self.arch['depth']
+        dims, depth = self.arch['embed_dims'], self.arch['num_layers']
         self.embed_dims, self.depth = dims, depth
         if layout not in LAYOUTS:
             raise ValueError(f'layout must be one of {LAYOUTS}, got '
@@ -412,16 +412,16 @@ class V2M(SSMBackbone):
                 norm_eps=norm_eps,
                 with_cp=with_cp)
             for rate in drop_path_rates(drop_path_rate, depth))
-        if out_strides is None:
+        if pyramid_strides is None:
             self.adapter = None
             self.out_strides = (stride, ) * len(self.out_indices)
         else:
-            if len(out_strides) != len(self.out_indices):
+            if len(pyramid_strides) != len(self.out_indices):
                 raise ValueError(
-                    f'out_strides {tuple(out_strides)} needs one entry per '
+                    f'pyramid_strides {tuple(pyramid_strides)} needs one entry per '
                     f'out_indices entry {self.out_indices}')
-            self.adapter = MultiScaleAdapter(dims, stride, out_strides)
-            self.out_strides = tuple(out_strides)
+            self.adapter = MultiScaleAdapter(dims, stride, pyramid_strides)
+            self.out_strides = tuple(pyramid_strides)
         self.out_channels = (dims, ) * len(self.out_indices)
         self.norm_f = RMSNorm(dims, eps=norm_eps) if final_norm else None
         self._init_embeddings()
@@ -703,13 +703,14 @@ def build_official_v2m(official_kwargs: dict) -> SSMClassifier:
     depth = kwargs.get('depth', 24)
     backbone = V2M(
         arch=dict(
-            embed_dims=kwargs.get('embed_dim', 192), depth=depth, **ssm_cfg),
+            embed_dims=kwargs.get('embed_dim', 192), num_layers=depth,
+            **ssm_cfg),
         img_size=kwargs.get('img_size', 224),
         patch_size=kwargs.get('patch_size', 16),
         stride=kwargs.get('stride', 16),
         in_channels=kwargs.get('channels', 3),
         out_indices=(depth - 1, ),
-        out_strides=None,
+        pyramid_strides=None,
         layout='official',
         drop_path_rate=kwargs.get('drop_path_rate', 0.1),
         norm_eps=kwargs.get('norm_epsilon', 1e-5))
