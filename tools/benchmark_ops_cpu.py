@@ -7,7 +7,11 @@ step-by-step reference of mmssm/ops/reference.py. Prints a markdown table.
 
 Usage:
     python tools/benchmark_ops_cpu.py [--repeats 3] [--reference-repeats 1]
-        [--cases vmamba_t_s1_cross ...]
+        [--threads 1] [--cases vmamba_t_s1_cross ...]
+
+On a machine shared by many processes, pass ``--threads 1``: with more
+threads every op above PyTorch's parallel grain size waits for all its
+threads to be scheduled, which times the machine's load, not the ops.
 """
 import argparse
 import math
@@ -141,6 +145,9 @@ def parse_args() -> argparse.Namespace:
                         help='timed calls of the production ops')
     parser.add_argument('--reference-repeats', type=int, default=1,
                         help='timed calls of the (slow) references')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='intra-op threads of this process '
+                        '(default: PyTorch\'s choice)')
     parser.add_argument('--cases', nargs='+', choices=[c.name for c in CASES],
                         default=[c.name for c in CASES])
     return parser.parse_args()
@@ -150,6 +157,10 @@ def main() -> None:
     args = parse_args()
     if args.repeats < 1 or args.reference_repeats < 1:
         raise ValueError('--repeats and --reference-repeats must be >= 1')
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f'--threads must be >= 1, got {args.threads}')
+        torch.set_num_threads(args.threads)
     print(f'command: python {shlex.join(sys.argv)}')
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, '
           'float32, CPU\n')

@@ -18,14 +18,21 @@ def _internal_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
     return torch.float32
 
 
-def _matrix_at(matrix: Tensor, dim: int, t: int) -> Tensor:
-    """B or C for step t as (batch or 1, dim, N)."""
+def _steps_of(matrix: Tensor, dim: int, length: int) -> List[Tensor]:
+    """B or C per step as (batch or 1, dim, N) tensors.
+
+    Sequences are split with one ``unbind`` so that the backward pass stacks
+    the per-step gradients once instead of once per step.
+    """
     if matrix.dim() == 2:
-        return matrix.unsqueeze(0)
+        return [matrix.unsqueeze(0)] * length
     if matrix.dim() == 3:
-        return matrix[:, :, t].unsqueeze(1)
+        return [step.unsqueeze(1) for step in matrix.unbind(-1)]
     groups = matrix.shape[1]
-    return matrix[:, :, :, t].repeat_interleave(dim // groups, dim=1)
+    return [
+        step.repeat_interleave(dim // groups, dim=1)
+        for step in matrix.unbind(-1)
+    ]
 
 
 def selective_scan_reference(
@@ -56,11 +63,12 @@ def selective_scan_reference(
         delta = torch.where(delta > 20, delta, torch.log1p(torch.exp(delta)))
     state = torch.zeros(batch, dim, A.shape[1], dtype=dtype, device=u.device)
     outputs = []
-    for t in range(length):
-        step = delta[:, :, t, None]
-        state = (torch.exp(step * A) * state +
-                 step * _matrix_at(B, dim, t) * u_c[:, :, t, None])
-        outputs.append((state * _matrix_at(C, dim, t)).sum(-1))
+    for step, u_t, B_t, C_t in zip(
+            delta.unbind(-1), u_c.unbind(-1), _steps_of(B, dim, length),
+            _steps_of(C, dim, length)):
+        step = step.unsqueeze(-1)
+        state = torch.exp(step * A) * state + step * B_t * u_t.unsqueeze(-1)
+        outputs.append((state * C_t).sum(-1))
     y = torch.stack(outputs, dim=-1)
     if D is not None:
         y = y + D.to(dtype)[:, None] * u_c
@@ -188,15 +196,23 @@ def wavefront_scan_2d_reference(x: Tensor,
         rows, cols = range(height - 1, -1, -1), range(width - 1, -1, -1)
         offset = 1
     first_row, first_col = rows[0], cols[0]
+
+    def pixels(tensor: Tensor) -> List[List[Tensor]]:
+        return [row.unbind(1) for row in tensor.to(dtype).unbind(1)]
+
+    x_px, step_t_px, step_l_px = pixels(x_c), pixels(step_t), pixels(step_l)
+    B_t_px, B_l_px, C_px = pixels(B_t), pixels(B_l), pixels(C)
+    A_t, A_l = A_t.to(dtype), A_l.to(dtype)
     states, outputs = {}, {}
     for i in rows:
         for j in cols:
-            gate_t = torch.exp(step_t[:, i, j, :, None] * A_t.to(dtype))
-            gate_l = torch.exp(step_l[:, i, j, :, None] * A_l.to(dtype))
-            input_t = (step_t[:, i, j, :, None] * x_c[:, i, j, :, None] *
-                       B_t.to(dtype)[:, i, j, None, :])
-            input_l = (step_l[:, i, j, :, None] * x_c[:, i, j, :, None] *
-                       B_l.to(dtype)[:, i, j, None, :])
+            x_ij = x_px[i][j].unsqueeze(-1)
+            step_t_ij = step_t_px[i][j].unsqueeze(-1)
+            step_l_ij = step_l_px[i][j].unsqueeze(-1)
+            gate_t = torch.exp(step_t_ij * A_t)
+            gate_l = torch.exp(step_l_ij * A_l)
+            input_t = step_t_ij * x_ij * B_t_px[i][j].unsqueeze(1)
+            input_l = step_l_ij * x_ij * B_l_px[i][j].unsqueeze(1)
             if i == first_row and j == first_col:
                 state = input_l
             elif i == first_row:
@@ -207,12 +223,12 @@ def wavefront_scan_2d_reference(x: Tensor,
                 state = 0.5 * (gate_l * states[i, j + offset] + input_l +
                                gate_t * states[i + offset, j] + input_t)
             states[i, j] = state
-            outputs[i, j] = (state * C.to(dtype)[:, i, j, None, :]).sum(-1)
-    out = torch.stack([
+            outputs[i, j] = (state * C_px[i][j].unsqueeze(1)).sum(-1)
+    out_rows = [
         torch.stack([outputs[i, j] for j in range(width)], dim=1)
         for i in range(height)
-    ],
-                      dim=1)
+    ]
+    out = torch.stack(out_rows, dim=1)
     if D is not None:
         out = out + D.to(dtype) * x_c
     return out.to(x.dtype)

@@ -5,11 +5,13 @@ h_t = a_t h_{t-1} + x_t is cut into chunks of two steps; inside a chunk the
 (2 x 2) masked decay matrix [[1, 0], [a_1, 1]] is applied elementwise, and
 the states entering the chunks follow the same kind of recurrence over the
 chunk ends (decay a_0 a_1), which is solved recursively: log2(L) levels of
-elementwise work, O(L) in total. Every decay is the exponential of a sum of
-log-decays over a segment (a sum of non-positive terms for a decaying
-recurrence), never of a difference of cumulative sums, so nothing overflows
-for large step sizes or long sequences. On 2 CPU cores this was faster than
-(T x T) decay matrices with T in {4, 8, 16, 32}, in both directions.
+elementwise work, O(L) in total. Every decay over a segment is a product of
+per-step decays exp(Δ·A) <= 1 (equivalently, the exponential of a segment
+sum of non-positive log-decays), never the ratio of two cumulative products
+or the exponential of a difference of cumulative sums, so nothing overflows
+for large step sizes or long sequences. On one CPU thread this was 4x faster
+than (T x T) decay matrices built from segment sums (T in {4, 8}), forward
+and backward.
 """
 from typing import Optional, Sequence, Tuple, Union
 
@@ -98,39 +100,41 @@ def linear_recurrence(log_decay: Tensor,
                          f'{tuple(initial_state.shape)}')
     if length == 0:
         raise ValueError('log_decay and inputs must have L >= 1 steps')
-    return _pairwise_scan(log_decay, inputs, initial_state, reverse)
+    return _pairwise_scan(log_decay.exp(), inputs, initial_state, reverse)
 
 
-def _pairwise_scan(log_decay: Tensor, inputs: Tensor,
+def _pairwise_scan(decay: Tensor, inputs: Tensor,
                    initial_state: Optional[Tensor], reverse: bool) -> Tensor:
-    """:func:`linear_recurrence` on validated arguments."""
+    """:func:`linear_recurrence` on validated arguments, given the decays.
+
+    A pair's decay is the product of its two decays (both <= 1 for a
+    decaying recurrence), so no level exponentiates or divides.
+    """
     *lead, length = inputs.shape
     if length == 1:
         if initial_state is None:
             return inputs
-        return inputs + log_decay.exp() * initial_state.unsqueeze(-1)
+        return torch.addcmul(inputs, decay, initial_state.unsqueeze(-1))
     if length % 2:
-        # A zero log-decay and a zero input, placed after the last step in
-        # scan order, keep the final state unchanged.
+        # A unit decay and a zero input, placed after the last step in scan
+        # order, keep the final state unchanged.
         padding = (1, 0) if reverse else (0, 1)
-        log_decay = F.pad(log_decay, padding)
+        decay = F.pad(decay, padding, value=1.0)
         inputs = F.pad(inputs, padding)
     pairs = inputs.shape[-1] // 2
-    log_decay = log_decay.reshape(*lead, pairs, 2)
-    inputs = inputs.reshape(*lead, pairs, 2)
-    left_log_decay, right_log_decay = log_decay.unbind(-1)
-    left_input, right_input = inputs.unbind(-1)
+    left_decay, right_decay = decay.reshape(*lead, pairs, 2).unbind(-1)
+    left_input, right_input = inputs.reshape(*lead, pairs, 2).unbind(-1)
     if reverse:
-        early_log_decay, early_input = right_log_decay, right_input
-        late_log_decay, late_input = left_log_decay, left_input
+        early_decay, early_input = right_decay, right_input
+        late_decay, late_input = left_decay, left_input
     else:
-        early_log_decay, early_input = left_log_decay, left_input
-        late_log_decay, late_input = right_log_decay, right_input
+        early_decay, early_input = left_decay, left_input
+        late_decay, late_input = right_decay, right_input
     # Given a zero entering state, a pair's end state is the last row
     # [a_late, 1] of its (2 x 2) masked decay matrix times its inputs.
-    pair_ends = late_log_decay.exp() * early_input + late_input
-    ends = _pairwise_scan(early_log_decay + late_log_decay, pair_ends,
-                          initial_state, reverse)
+    pair_ends = torch.addcmul(late_input, late_decay, early_input)
+    ends = _pairwise_scan(early_decay * late_decay, pair_ends, initial_state,
+                          reverse)
     start = (inputs.new_zeros(lead).unsqueeze(-1) if initial_state is None
              else initial_state.to(inputs.dtype).unsqueeze(-1))
     # The state entering a pair is the end state of its predecessor in scan
@@ -139,7 +143,7 @@ def _pairwise_scan(log_decay: Tensor, inputs: Tensor,
         entering = torch.cat([ends[..., 1:], start], dim=-1)
     else:
         entering = torch.cat([start, ends[..., :-1]], dim=-1)
-    early_states = early_input + early_log_decay.exp() * entering
+    early_states = torch.addcmul(early_input, early_decay, entering)
     pair_states = (ends, early_states) if reverse else (early_states, ends)
     states = torch.stack(pair_states, dim=-1).reshape(*lead, 2 * pairs)
     return states[..., -length:] if reverse else states[..., :length]

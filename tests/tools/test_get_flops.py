@@ -269,13 +269,6 @@ def test_published_vmamba_flops(spec, published):
     assert abs(flops - published) / published < 0.03, flops
 
 
-# Under jit tracing x.shape[i] is a tensor; mmssm.models.layers.plain.as_pair
-# rejects it, so the plain backbones (Vim, V2M) cannot be traced until it
-# accepts int(size). strict: the test reports when that is fixed.
-PLAIN_TRACING = pytest.mark.xfail(
-    raises=ValueError,
-    strict=True,
-    reason='plain.as_pair rejects traced (tensor) sizes')
 PLAIN_CLASSIFIER = dict(out_indices=[-1], pyramid_strides=None)
 
 
@@ -298,7 +291,6 @@ def _vim_flops_by_rule(embed_dims: int, depth: int = 24) -> float:
     return (per_token * tokens * depth + patch_embed + head) / 1e9
 
 
-@PLAIN_TRACING
 @pytest.mark.parametrize('spec,embed_dims', [
     ('Vim:tiny', 192),
     pytest.param('Vim:small', 384, marks=pytest.mark.slow),
@@ -322,14 +314,14 @@ def test_vim_flops_follow_the_rule(spec, embed_dims):
         marks=pytest.mark.slow),
     pytest.param(
         'V2M:tiny',
-        dict(out_indices=[-1], out_strides=None),
+        PLAIN_CLASSIFIER,
         3.085,
-        marks=[pytest.mark.slow, PLAIN_TRACING]),
+        marks=pytest.mark.slow),
     pytest.param(
         'V2M:small',
-        dict(out_indices=[-1], out_strides=None),
+        PLAIN_CLASSIFIER,
         8.772,
-        marks=[pytest.mark.slow, PLAIN_TRACING]),
+        marks=pytest.mark.slow),
 ])
 def test_pinned_flops(spec, kwargs, pinned):
     assert _gflops(spec, kwargs) == pytest.approx(pinned, rel=0.01)

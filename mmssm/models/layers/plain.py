@@ -37,7 +37,8 @@ def as_pair(value: Union[int, Sequence[int]], name: str) -> Grid:
     """Turn a positive int or a pair of positive ints into a pair.
 
     Args:
-        value: The int or pair.
+        value: The int or pair (0-dim integer tensors, as jit tracing gives
+            for shape entries, count as ints).
         name: Argument name for the error message.
 
     Returns:
@@ -46,7 +47,12 @@ def as_pair(value: Union[int, Sequence[int]], name: str) -> Grid:
     Raises:
         ValueError: If ``value`` is not a positive int or pair of them.
     """
-    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if isinstance(value, torch.Tensor) and value.ndim == 0:
+        # Sizes read off a tensor's shape are 0-dim tensors under jit tracing.
+        value = int(value)
+    pair = (value, value) if isinstance(value, int) else tuple(
+        int(v) if isinstance(v, torch.Tensor) and v.ndim == 0 else v
+        for v in value)
     if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
         raise ValueError(f'{name} must be a positive int or a pair of '
                          f'positive ints, got {value!r}')

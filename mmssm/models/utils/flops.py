@@ -303,10 +303,13 @@ class _TracedScanOp(torch.autograd.Function):
         pairs = [(out, grad) for out, grad in zip(outputs, grad_outputs)
                  if out.requires_grad and grad is not None]
         wanted = [t for t in inputs if t.requires_grad]
+        if not pairs or not wanted:
+            # No output depends on an input that needs a gradient.
+            return (None, ) * (1 + len(inputs))
         grads = iter(
-            torch.autograd.grad([out for out, _ in pairs],
-                                wanted, [grad for _, grad in pairs],
-                                allow_unused=True) if pairs and wanted else ())
+            torch.autograd.grad([out for out, _ in pairs], wanted,
+                                [grad for _, grad in pairs],
+                                allow_unused=True))
         return (None, ) + tuple(
             next(grads) if t.requires_grad else None for t in inputs)
 
