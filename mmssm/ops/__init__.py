@@ -8,5 +8,5 @@ from .v2m_scan import v2m_corner_scan  # noqa: F401
 __all__ = [
     'backend', 'compiled_ops_available', 'cross_merge', 'cross_scan',
     'cross_selective_scan', 'linear_recurrence', 'selective_scan',
-    'wavefront_scan_2d'
+    'v2m_corner_scan', 'wavefront_scan_2d'
 ]

@@ -29,10 +29,9 @@ def cross_scan(x: Tensor) -> Tensor:
         raise ValueError(f'x must have shape (B, C, H, W), got {got}')
     row_major = x.flatten(2)
     column_major = x.transpose(2, 3).flatten(2)
-    return torch.stack(
-        [row_major, column_major,
-         row_major.flip(-1),
-         column_major.flip(-1)], dim=1)
+    paths = (row_major, column_major, row_major.flip(-1),
+             column_major.flip(-1))
+    return torch.stack(paths, dim=1)
 
 
 def cross_merge(y: Tensor) -> Tensor:
@@ -69,11 +68,9 @@ def _path_sequences(per_path: Tensor) -> Tensor:
     """
     row_major = per_path[:, 0::2].flatten(3)
     column_major = per_path[:, 1::2].transpose(3, 4).flatten(3)
-    return torch.stack([
-        row_major[:, 0], column_major[:, 0], row_major[:, 1].flip(-1),
-        column_major[:, 1].flip(-1)
-    ],
-                       dim=1)
+    paths = (row_major[:, 0], column_major[:, 0], row_major[:, 1].flip(-1),
+             column_major[:, 1].flip(-1))
+    return torch.stack(paths, dim=1)
 
 
 def _check_cross_selective_scan_args(u: Tensor, delta: Tensor, A: Tensor,

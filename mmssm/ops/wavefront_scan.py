@@ -101,10 +101,14 @@ def _wavefront_scan_2d_pytorch(x: Tensor,
         half = torch.full((width, ), 0.5, dtype=dtype, device=x.device)
         half[first_column] = 1.0
         has_left = (half < 1).to(dtype)
-        # Row-independent parts of the row recurrences, computed at once.
-        gate_t = log_gate_t.exp()
-        halved_log_gate_l = log_gate_l + math.log(0.5)
-        halved_input_l = (half * has_left) * input_l
+        # Row-independent parts of the row recurrences, computed at once and
+        # split into rows with one unbind each (indexing rows one at a time
+        # would make the backward pass build a full-size gradient per row).
+        gate_t = log_gate_t.exp().unbind(0)
+        halved_log_gate_l = (log_gate_l + math.log(0.5)).unbind(0)
+        halved_input_l = ((half * has_left) * input_l).unbind(0)
+        log_gate_l, input_l = log_gate_l.unbind(0), input_l.unbind(0)
+        input_t, C_rows = input_t.unbind(0), C_rows.unbind(0)
         row_order = range(height - 1, -1, -1) if reverse else range(height)
         outputs = [None] * height
         previous = None

@@ -15,7 +15,10 @@ F64 = torch.float64
 def make_inputs(batch: int, dim: int, state_size: int, length: int,
                 layout_b: str, layout_c: str, with_d: bool, with_z: bool,
                 with_bias: bool) -> Dict[str, Optional[Tensor]]:
-    """Fresh random float64 inputs; layouts: 'var', 'G1', 'G2', 'G4', 'const'.
+    """Fresh random float64 inputs.
+
+    B/C layouts: 'var' (batch, N, L), 'G<k>' (batch, k, N, L), 'const'
+    (dim, N).
     """
 
     def matrix(layout: str) -> Tensor:

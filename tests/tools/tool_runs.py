@@ -42,7 +42,7 @@ TINY_BACKBONES = {
         out_indices=(0, 1, 2, 3)), True),
     'V2M': (dict(
         type='mmssm.V2M',
-        arch=dict(embed_dims=16, depth=4, d_state=4),
+        arch=dict(embed_dims=16, num_layers=4, d_state=4),
         img_size=64,
         out_indices=(0, 1, 2, 3)), True),
 }

@@ -34,10 +34,9 @@ def build_optimizer(model: nn.Module) -> torch.optim.Optimizer:
 def test_lrs_follow_backbone_depths(family: str) -> None:
     if family not in MODELS.module_dict:
         pytest.skip(f'mmssm.{family} is not registered yet')
-    arch = (dict(embed_dims=16, num_layers=4, d_state=4) if family == 'Vim'
-            else dict(embed_dims=16, depth=4, d_state=4))
     backbone = MODELS.build(
-        dict(type=family, arch=arch, img_size=32, out_indices=(0, 1, 2, 3)))
+        dict(type=family, arch=dict(embed_dims=16, num_layers=4, d_state=4),
+             img_size=32, out_indices=(0, 1, 2, 3)))
     model = Segmentor(backbone)
     names = {id(p): n for n, p in model.named_parameters()}
     groups = build_optimizer(model).param_groups
