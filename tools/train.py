@@ -17,6 +17,7 @@ import argparse
 import os
 import os.path as osp
 
+import torch
 from mmengine.config import Config, DictAction
 from mmengine.dist import is_main_process
 from mmengine.logging import print_log
@@ -95,6 +96,10 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
     if args.amp:
+        if not torch.cuda.is_available():
+            raise ValueError(
+                "--amp needs a CUDA device: mmengine's AmpOptimWrapper does "
+                'not train on the CPU')
         wrapper_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
         if wrapper_type == 'AmpOptimWrapper':
             print_log('AMP is already enabled in the config', logger='current')

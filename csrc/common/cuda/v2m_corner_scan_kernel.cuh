@@ -20,6 +20,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include "v2m_scan_params.h"
+// sum_over_states, sum_over_channels and sigmoid_acc.
 #include "wavefront_scan_kernel.cuh"
 
 namespace mmssm {

@@ -5,5 +5,6 @@
 #include "v2m_corner_scan_kernel.cuh"
 
 namespace mmssm {
-template void v2m_corner_scan_launch<float>(const V2MScanParams &, bool);
+template void v2m_corner_scan_launch<float>(
+    const V2MScanParams &, bool);
 }  // namespace mmssm
