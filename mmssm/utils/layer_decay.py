@@ -21,18 +21,11 @@ Config::
 from collections.abc import Callable
 from typing import Optional
 
-from mmengine.registry import \
-    OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
-from mmengine.registry import Registry
 from mmpretrain.engine.optimizers import \
     LearningRateDecayOptimWrapperConstructor
 from torch import nn
 
-OPTIM_WRAPPER_CONSTRUCTORS = Registry(
-    'optimizer wrapper constructor',
-    parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS,
-    scope='mmssm',
-    locations=['mmssm.utils.layer_decay'])
+from ..registry import OPTIM_WRAPPER_CONSTRUCTORS
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()

@@ -168,9 +168,8 @@ def check_dataset_paths(cfg: Config, dataloader_keys: Sequence[str]) -> None:
             if data_root and not root.is_dir():
                 raise FileNotFoundError(
                     f'dataset folder {data_root!r} ({where}.data_root) does '
-                    'not exist: put the dataset there (COCO: annotations/, '
-                    'train2017/, val2017/; ADE20K: images/, annotations/) or '
-                    'point the config at it with --cfg-options')
+                    'not exist: put the dataset there, or set '
+                    f'{where}.data_root with --cfg-options')
             ann_file = dataset.get('ann_file')
             if ann_file and not (root / ann_file).is_file():
                 raise FileNotFoundError(
