@@ -15,7 +15,9 @@ _base_ = [
     './_base_/schedules/mask_rcnn_3x.py',
     './_base_/runtimes/mmdet_runtime.py',
 ]
-custom_imports = dict(imports=['mmssm.models'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['mmssm.models', 'mmssm.models.layers.roi_extractor'],
+    allow_failed_imports=False)
 
 pretrained = 'checkpoints/vim_s_midclstok_80p5acc.pth'
 model = dict(

@@ -14,7 +14,9 @@ _base_ = [
     './_base_/schedules/mask_rcnn_3x.py',
     './_base_/runtimes/mmdet_runtime.py',
 ]
-custom_imports = dict(imports=['mmssm.models'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['mmssm.models', 'mmssm.models.layers.roi_extractor'],
+    allow_failed_imports=False)
 
 pretrained = 'checkpoints/vssm_base_0229_ckpt_epoch_237.pth'
 model = dict(

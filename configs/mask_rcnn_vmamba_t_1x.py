@@ -15,7 +15,9 @@ _base_ = [
     './_base_/schedules/mask_rcnn_1x.py',
     './_base_/runtimes/mmdet_runtime.py',
 ]
-custom_imports = dict(imports=['mmssm.models'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['mmssm.models', 'mmssm.models.layers.roi_extractor'],
+    allow_failed_imports=False)
 
 pretrained = 'checkpoints/vssm1_tiny_0230s_ckpt_epoch_264.pth'
 model = dict(

@@ -36,3 +36,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if 'cuda' in item.keywords:
             item.add_marker(skip_cuda)
+
+
+@pytest.fixture(autouse=True)
+def _restore_default_scope():
+    """Undo registry default scopes a test leaves behind.
+
+    Building an mmdet/mmseg/mmpretrain config sets a process-wide default
+    scope; without this, a later test building ``type='Vim'`` would look in
+    that scope. Restored the way ``DefaultScope.overwrite_default_scope`` does.
+    """
+    from mmengine.registry import DefaultScope
+    saved = DefaultScope._instance_dict.copy()
+    yield
+    DefaultScope._instance_dict = saved

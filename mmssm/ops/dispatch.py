@@ -20,6 +20,7 @@ import os
 import warnings
 from typing import Any, Callable, Dict, Optional, Set, Tuple, Union
 
+import torch
 from torch import Tensor
 
 #: Ops that have a compiled CUDA counterpart named ``<op>_cuda``.
@@ -30,6 +31,11 @@ FORCE_PYTORCH_ENV = 'MMSSM_FORCE_PYTORCH_OPS'
 REQUIRE_CUDA_ENV = 'MMSSM_REQUIRE_CUDA_OPS'
 
 _warned_ops: Set[str] = set()
+
+# The compiled ops as resolved when mmssm.ops was imported: torch.compile reads
+# this table instead of importing modules while it traces, which would break
+# the graph.
+_RESOLVED_FOR_TRACING: Dict[str, Tuple[Optional[Callable], str]] = {}
 
 
 def _env_flag(name: str) -> bool:
@@ -144,7 +150,10 @@ def run_op(op_name: str, pytorch_impl: Callable, *args: Any,
                         f'got {type(main_input).__name__}')
     if main_input.device.type != 'cuda' or _env_flag(FORCE_PYTORCH_ENV):
         return pytorch_impl(*args, **kwargs)
-    function, reason = _load_compiled_op(op_name)
+    if torch.compiler.is_compiling():
+        function, reason = _RESOLVED_FOR_TRACING[op_name]
+    else:
+        function, reason = _load_compiled_op(op_name)
     if function is not None:
         return function(*args, **kwargs)
     problem = (f'mmssm.ops.{op_name} got a CUDA tensor but its compiled op '
@@ -158,3 +167,13 @@ def run_op(op_name: str, pytorch_impl: Callable, *args: Any,
         _warned_ops.add(op_name)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
     return pytorch_impl(*args, **kwargs)
+
+
+def resolve_compiled_ops() -> None:
+    """Find every op's compiled implementation once, outside any tracing.
+
+    Called when :mod:`mmssm.ops` is imported, so that ``torch.compile`` of a
+    model using the ops traces straight into the compiled ops.
+    """
+    for op_name in DISPATCHED_OPS:
+        _RESOLVED_FOR_TRACING[op_name] = _load_compiled_op(op_name)

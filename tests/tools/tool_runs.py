@@ -82,10 +82,13 @@ def backbone_out_channels(backbone_cfg: dict) -> list[int]:
         The channels of its outputs.
     """
     import mmssm.models  # noqa: F401
+    from mmengine.registry import DefaultScope
+
     from mmssm.registry import MODELS
     cfg = dict(backbone_cfg)
     cfg['type'] = cfg['type'].split('.', 1)[1]
-    return list(MODELS.build(cfg).out_channels)
+    with DefaultScope.overwrite_default_scope('mmssm'):
+        return list(MODELS.build(cfg).out_channels)
 
 
 def write_derived_config(path: Path, base: str, data_root: Path,

@@ -1,6 +1,8 @@
 # Mask R-CNN with FPN for mmssm backbones (mmdet 3.x). Experiments fill in
 # model.backbone (type, arch, drop_path_rate, init_cfg) and neck.in_channels;
-# the backbone must return 4 maps at strides 4/8/16/32.
+# the backbone must return 4 maps at strides 4/8/16/32. The RoI extractors are
+# mmdet's SingleRoIExtractor run in float32 under bfloat16 AMP (mmcv 2.1.0 has no
+# bfloat16 RoIAlign kernel): mmssm.models.layers.roi_extractor.
 model = dict(
     type='MaskRCNN',
     data_preprocessor=dict(
@@ -35,7 +37,7 @@ model = dict(
     roi_head=dict(
         type='StandardRoIHead',
         bbox_roi_extractor=dict(
-            type='SingleRoIExtractor',
+            type='mmssm.BF16SafeRoIExtractor',
             roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
             out_channels=256,
             featmap_strides=[4, 8, 16, 32]),
@@ -54,7 +56,7 @@ model = dict(
                 type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
             loss_bbox=dict(type='L1Loss', loss_weight=1.0)),
         mask_roi_extractor=dict(
-            type='SingleRoIExtractor',
+            type='mmssm.BF16SafeRoIExtractor',
             roi_layer=dict(type='RoIAlign', output_size=14, sampling_ratio=0),
             out_channels=256,
             featmap_strides=[4, 8, 16, 32]),
