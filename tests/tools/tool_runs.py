@@ -49,7 +49,7 @@ TINY_BACKBONES = {
 
 
 def registered_family(name: str) -> bool:
-    """Whether mmssm registers backbone ``name`` (families land over time).
+    """Whether mmssm registers backbone ``name``.
 
     Args:
         name: Registry name, e.g. ``'VMamba'``.
@@ -63,13 +63,13 @@ def registered_family(name: str) -> bool:
 
 
 def require_family(name: str) -> None:
-    """Skip the calling test if backbone family ``name`` is not written yet.
+    """Fail the calling test if backbone family ``name`` is not registered.
 
     Args:
         name: Registry name, e.g. ``'V2MPyramid'``.
     """
     if not registered_family(name):
-        pytest.skip(f'mmssm.{name} is not registered (not implemented yet)')
+        pytest.fail(f'mmssm.{name} is not registered by mmssm.models')
 
 
 def backbone_out_channels(backbone_cfg: dict) -> list[int]:

@@ -33,7 +33,7 @@ def build_optimizer(model: nn.Module) -> torch.optim.Optimizer:
 @pytest.mark.parametrize('family', ['Vim', 'V2M'])
 def test_lrs_follow_backbone_depths(family: str) -> None:
     if family not in MODELS.module_dict:
-        pytest.skip(f'mmssm.{family} is not registered yet')
+        pytest.fail(f'mmssm.{family} is not registered by mmssm.models')
     backbone = MODELS.build(
         dict(type=family, arch=dict(embed_dims=16, num_layers=4, d_state=4),
              img_size=32, out_indices=(0, 1, 2, 3)))
