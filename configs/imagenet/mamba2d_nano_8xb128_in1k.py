@@ -9,4 +9,4 @@ _base_ = ['./mamba2d_tiny_8xb128_in1k.py']
 
 model = dict(
     backbone=dict(arch='nano', drop_path_rate=0.0),
-    head=dict(in_channels=256, mid_channels=[1024], dropout_rate=0.0))
+    head=dict(in_channels=256, dropout_rate=0.0))

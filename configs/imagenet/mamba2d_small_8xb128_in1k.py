@@ -9,4 +9,4 @@ _base_ = ['./mamba2d_tiny_8xb128_in1k.py']
 
 model = dict(
     backbone=dict(arch='small', drop_path_rate=0.4),
-    head=dict(in_channels=576, mid_channels=[2304], dropout_rate=0.4))
+    head=dict(in_channels=576, dropout_rate=0.4))

@@ -12,19 +12,19 @@
 #   m9-mstd0.5-inc1, random erasing 0.25, Mixup 0.8 / CutMix 1.0, label smoothing
 #   0.1, drop-path 0.175, head dropout 0.15; evaluation at crop ratio 1.0 (resize
 #   to 224, centre crop 224, bicubic).
-# Model: the authors' head is pool -> LayerNorm -> fc1 (4C) -> GELU -> LayerNorm ->
-#   dropout -> fc2. mmpretrain has no such head; StackedLinearClsHead is the
-#   closest (pool -> fc1 -> LayerNorm -> GELU -> dropout -> fc2: no post-pool
-#   LayerNorm, norm and activation swapped). To evaluate the authors' checkpoint
-#   use mmssm.models.official.from_official('mamba2d', ...) (exact classifier);
-#   for fine-tuning from it set model.backbone.init_cfg=dict(type='Pretrained',
-#   checkpoint=PATH) (their head is not read).
+# Model: the authors' head (pool -> LayerNorm -> fc1 (4C) -> GELU -> LayerNorm ->
+#   dropout -> fc2) as mmssm.MlpClsHead, so the classifier has the authors'
+#   parameter count; their checkpoint loads into the backbone through
+#   model.backbone.init_cfg=dict(type='Pretrained', checkpoint=PATH), and
+#   mmssm.models.official.from_official('mamba2d', ...) is the exact classifier.
 _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
     'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
     'mmpretrain::_base_/default_runtime.py',
 ]
-custom_imports = dict(imports=['mmssm.models'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['mmssm.models', 'mmssm.models.layers.mlp_cls_head'],
+    allow_failed_imports=False)
 
 model = dict(
     type='ImageClassifier',
@@ -35,13 +35,11 @@ model = dict(
         drop_path_rate=0.175),
     neck=dict(type='GlobalAveragePooling'),
     head=dict(
-        type='StackedLinearClsHead',
+        type='mmssm.MlpClsHead',
         num_classes=1000,
         in_channels=512,
-        mid_channels=[2048],
+        mlp_ratio=4,
         dropout_rate=0.15,
-        norm_cfg=dict(type='LN'),
-        act_cfg=dict(type='GELU'),
         loss=dict(
             type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),
         cal_acc=False),

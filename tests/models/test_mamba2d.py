@@ -385,11 +385,9 @@ def test_imagenet_configs_build(manifests, arch):
     assert isinstance(model.backbone, Mamba2D)
     assert list(model.backbone.embed_dims) == spec['backbone_init_args'][
         'embed_dim']
-    # The authors' classifier minus its post-pool LayerNorm (2 C parameters):
-    # mmpretrain has no head with it.
-    channels = spec['backbone_init_args']['embed_dim'][-1]
+    # mmssm.MlpClsHead is the authors' head: the counts are equal.
     assert sum(p.numel() for p in model.parameters()
-               ) == spec['num_params_with_head'] - 2 * channels
+               ) == spec['num_params_with_head']
     assert cfg.model.backbone.drop_path_rate == spec['backbone_init_args'][
         'drop_path_rate']
     assert cfg.model.head.dropout_rate == spec['head_init_args'][
