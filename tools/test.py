@@ -14,10 +14,8 @@ Examples:
 """
 import argparse
 import json
-import os
-import os.path as osp
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.dist import is_main_process
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -25,7 +23,8 @@ from mmengine.runner import Runner
 from mmssm.utils import register_mmengine_safe_globals
 from mmssm.utils.run_setup import (check_backbone_registered,
                                    check_checkpoint_file, check_dataset_paths,
-                                   init_config_scope, prepare_cpu_distributed)
+                                   init_config_scope, load_tool_config,
+                                   parse_tool_args, prepare_cpu_distributed)
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,21 +47,7 @@ def parse_args() -> argparse.Namespace:
         action='store_true',
         help="test-time augmentation: the config's tta_model and "
         'tta_pipeline (multi-scale + flip)')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override config entries, xxx=yyy')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm'],
-        default='none',
-        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    return parse_tool_args(parser)
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -77,15 +62,7 @@ def build_config(args: argparse.Namespace) -> Config:
     Raises:
         ValueError: If ``--tta`` is given for a config without TTA settings.
     """
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    cfg = load_tool_config(args)
     cfg.load_from = args.checkpoint
     # The weights come from the checkpoint: the ImageNet file is not needed.
     if 'backbone' in cfg.get('model', {}):

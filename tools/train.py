@@ -14,11 +14,9 @@ Examples:
     torchrun --nproc_per_node 8 tools/train.py CONFIG --launcher pytorch
 """
 import argparse
-import os
-import os.path as osp
 
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
@@ -29,6 +27,7 @@ from mmssm.utils.run_setup import (check_backbone_registered,
                                    check_checkpoint_file, check_dataset_paths,
                                    check_pretrained_checkpoints,
                                    init_config_scope, last_checkpoint,
+                                   load_tool_config, parse_tool_args,
                                    prepare_cpu_distributed)
 
 
@@ -58,23 +57,7 @@ def parse_args() -> argparse.Namespace:
         const='auto',
         help='resume from the given checkpoint, or without a value from the '
         'newest checkpoint in the work dir')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override config entries, xxx=yyy (e.g. '
-        'train_cfg.max_iters=10 model.backbone.init_cfg=None)')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm'],
-        default='none',
-        help='job launcher')
-    # torch.distributed.launch passes --local-rank, older tools --local_rank.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    return parse_tool_args(parser)
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -86,15 +69,7 @@ def build_config(args: argparse.Namespace) -> Config:
     Returns:
         The final config.
     """
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    cfg = load_tool_config(args)
     if args.amp:
         if not torch.cuda.is_available():
             raise ValueError(

@@ -5,14 +5,16 @@ with a missing dataset, a missing checkpoint or a misspelt backbone stops
 at once with one message naming what was expected, instead of after
 minutes of model building (or, for a dataset, at the first evaluation).
 """
+import argparse
 import importlib
 import os
+import os.path as osp
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as torch_dist
-from mmengine.config import Config, ConfigDict
+from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.registry import MODELS, init_default_scope
 
 SUPPORTED_SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
@@ -231,3 +233,55 @@ def last_checkpoint(work_dir: str) -> Optional[str]:
     """
     record = Path(work_dir) / 'last_checkpoint'
     return record.read_text().strip() if record.is_file() else None
+
+
+def parse_tool_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Add the options every tool shares, parse, and export LOCAL_RANK.
+
+    Adds ``--cfg-options``, ``--launcher`` and ``--local_rank`` (also spelled
+    ``--local-rank``, as ``torch.distributed.launch`` passes it).
+
+    Args:
+        parser: The tool's parser with its own arguments, among them
+            ``config`` and ``--work-dir``.
+
+    Returns:
+        The parsed arguments.
+    """
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config entries, xxx=yyy (e.g. '
+        'train_cfg.max_iters=10 model.backbone.init_cfg=None)')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm'],
+        default='none',
+        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def load_tool_config(args: argparse.Namespace) -> Config:
+    """Load ``args.config`` with the launcher, overrides and work dir applied.
+
+    Args:
+        args: What :func:`parse_tool_args` returned.
+
+    Returns:
+        The config; its work dir defaults to ``work_dirs/<config name>``.
+    """
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    return cfg

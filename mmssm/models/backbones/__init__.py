@@ -1,8 +1,8 @@
 """Backbones registered in the ``mmssm`` scope."""
+from .mamba2d import Mamba2D
+from .v2m import V2M
+from .v2m_pyramid import V2MPyramid
+from .vim import Vim
+from .vmamba import VMamba
 
-__all__: list = []
-from .mamba2d import Mamba2D  # noqa: F401
-from .vim import Vim  # noqa: F401
-from .vmamba import VMamba  # noqa: F401
-from .v2m_pyramid import V2MPyramid  # noqa: F401
-from .v2m import V2M  # noqa: F401
+__all__ = ['Mamba2D', 'V2M', 'V2MPyramid', 'Vim', 'VMamba']
