@@ -25,7 +25,7 @@ class _Toy(SSMBackbone):
         return (self.out_norm(x), )
 
     def _freeze_stages(self):
-        pass
+        """The toy has nothing to freeze."""
 
     def get_layer_depth(self, param_name, prefix=''):
         return 0, 1
