@@ -25,10 +25,12 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import Tensor
 
-from mmssm.ops import cross_selective_scan, selective_scan, wavefront_scan_2d
+from mmssm.ops import (cross_selective_scan, selective_scan, v2m_corner_scan,
+                       wavefront_scan_2d)
 from mmssm.ops.reference import (cross_selective_scan_reference,
                                  selective_scan_reference,
                                  wavefront_scan_2d_reference)
+from mmssm.ops.v2m_scan import v2m_corner_scan_reference
 
 
 @dataclass
@@ -92,6 +94,30 @@ def mamba2d_inputs(batch: int, channels: int, state: int, height: int,
         delta_bias_l=_leaf(torch.randn(channels) * 0.1))
 
 
+def v2m_pass_inputs(batch: int, dim: int, state: int, height: int, width: int,
+                    axis: str) -> Dict[str, Optional[Tensor]]:
+    """One pass of V2M-S*'s mixer as it calls ``v2m_corner_scan``.
+
+    The row pass shares its input between the four corners and has per-pixel
+    B and an all-ones C; the column pass has per-corner input, an all-ones
+    B, per-pixel C and the D skip.
+    """
+    corners = 4
+    per_pixel = _leaf(torch.randn(batch, corners, state, height, width))
+    ones = torch.ones(corners * dim, state)
+    row = axis == 'row'
+    return dict(
+        u=_leaf(torch.randn(batch, dim, height, width) if row else torch.
+                randn(batch, corners, dim, height, width)),
+        delta=_leaf(torch.randn(batch, corners, dim, height, width) * 0.5 -
+                    2),
+        A=_leaf(-torch.rand(corners * dim, state) - 0.5),
+        B=per_pixel if row else ones,
+        C=ones if row else per_pixel,
+        D=None if row else _leaf(torch.ones(corners * dim)),
+        delta_bias=_leaf(torch.randn(corners * dim) * 0.1))
+
+
 # VMamba-T [s1l8] stage 1: dims 96, ssm_ratio 1 (d_inner 96), d_state 1,
 # 56 x 56 tokens. Mamba2D-T stage 1: E = 64, N = 16, 56 x 56 tokens.
 CASES: List[Case] = [
@@ -109,6 +135,13 @@ CASES: List[Case] = [
     Case('mamba2d_t_s1_br', 'wavefront_scan_2d', 'B=2 E=64 N=16 56x56 br',
          lambda: mamba2d_inputs(2, 64, 16, 56, 56), wavefront_scan_2d,
          wavefront_scan_2d_reference, dict(delta_softplus=True, origin='br')),
+    # V2M-S* stage 1 (VMamba-T layout: d_inner 96, N = 1, 56 x 56), each pass.
+    Case('v2m_s_star_s1_row', 'v2m_corner_scan', 'B=2 D=96 N=1 56x56 rows x4',
+         lambda: v2m_pass_inputs(2, 96, 1, 56, 56, 'row'), v2m_corner_scan,
+         v2m_corner_scan_reference, dict(delta_softplus=True, axis='row')),
+    Case('v2m_s_star_s1_col', 'v2m_corner_scan', 'B=2 D=96 N=1 56x56 cols x4',
+         lambda: v2m_pass_inputs(2, 96, 1, 56, 56, 'col'), v2m_corner_scan,
+         v2m_corner_scan_reference, dict(delta_softplus=True, axis='col')),
 ]
 
 
