@@ -57,14 +57,14 @@ class LayerDecayOptimWrapperConstructor(
                 the top level when not given.
 
         Raises:
-            NotImplementedError: If neither the model nor its backbone has
+            TypeError: If neither the model nor its backbone has
                 ``get_layer_depth``.
         """
         if (prefix == '' and get_layer_depth is None
                 and not hasattr(module, 'get_layer_depth')):
             backbone = getattr(module, 'backbone', None)
             if not hasattr(backbone, 'get_layer_depth'):
-                raise NotImplementedError(
+                raise TypeError(
                     'layer-wise lr decay needs model.get_layer_depth or '
                     f'model.backbone.get_layer_depth; {type(module).__name__}'
                     f' with backbone {type(backbone).__name__} has neither')

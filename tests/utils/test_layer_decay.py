@@ -57,7 +57,7 @@ def test_lrs_follow_backbone_depths(family: str) -> None:
 
 def test_model_without_depths_is_rejected() -> None:
     model = nn.Sequential(nn.Linear(2, 2))
-    with pytest.raises(NotImplementedError, match='get_layer_depth'):
+    with pytest.raises(TypeError, match='get_layer_depth'):
         build_optimizer(model)
 
 
@@ -76,3 +76,4 @@ def test_model_with_own_depths_is_used_as_is() -> None:
     groups = build_optimizer(Classifier()).param_groups
     assert sorted(g['lr'] for g in groups) == pytest.approx(
         [BASE_LR * DECAY] * 2 + [BASE_LR] * 2)
+
