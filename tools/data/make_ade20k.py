@@ -21,46 +21,17 @@ Example:
         --num-val 4 --size 128 128
 """
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from shapes import SHAPE_COLOURS, shape_polygon
 
 BACKGROUND_CLASS = 1
 # ADE20K class index (1..150) of each shape.
 SHAPE_CLASSES = dict(circle=13, square=3, triangle=42, diamond=150)
-SHAPE_COLOURS = dict(circle=(220, 40, 40), square=(40, 180, 60),
-                     triangle=(40, 80, 220), diamond=(230, 200, 30))
 IGNORE_BAND_FRACTION = 0.0625
 JPEG_QUALITY = 95
-
-
-def shape_polygon(shape: str, centre_x: float, centre_y: float,
-                  radius: float) -> list[tuple[float, float]]:
-    """Vertices of one shape.
-
-    Args:
-        shape: A key of ``SHAPE_CLASSES``.
-        centre_x: Centre column in pixels.
-        centre_y: Centre row in pixels.
-        radius: Half the shape's extent in pixels.
-
-    Returns:
-        The polygon's ``(x, y)`` vertices.
-    """
-    vertex_angles = dict(
-        circle=[2 * math.pi * k / 32 for k in range(32)],
-        square=[math.pi / 4 + math.pi / 2 * k for k in range(4)],
-        triangle=[-math.pi / 2 + 2 * math.pi / 3 * k for k in range(3)],
-        diamond=[math.pi / 2 * k for k in range(4)])
-    if shape not in vertex_angles:
-        raise ValueError(f'shape must be one of {tuple(SHAPE_CLASSES)}, '
-                         f'got {shape!r}')
-    scale = math.sqrt(2) if shape == 'square' else 1.0
-    return [(centre_x + scale * radius * math.cos(a),
-             centre_y + scale * radius * math.sin(a))
-            for a in vertex_angles[shape]]
 
 
 def make_sample(rng: np.random.Generator, height: int,

@@ -23,49 +23,17 @@ Example:
 """
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
+from shapes import SHAPE_COLOURS, SHAPES, shape_polygon
 
-CATEGORIES = ('circle', 'square', 'triangle', 'diamond')
+CATEGORIES = SHAPES
 # Base RGB colour of each category (jittered per instance).
-CATEGORY_COLOURS = ((220, 40, 40), (40, 180, 60), (40, 80, 220),
-                    (230, 200, 30))
-CIRCLE_VERTICES = 32
+CATEGORY_COLOURS = tuple(SHAPE_COLOURS[c] for c in CATEGORIES)
 MAX_PLACEMENT_TRIES = 50
-
-
-def shape_polygon(category: str, centre_x: float, centre_y: float,
-                  radius: float) -> list[tuple[float, float]]:
-    """Vertices of one shape, clockwise in image coordinates.
-
-    Args:
-        category: One of ``CATEGORIES``.
-        centre_x: Centre column in pixels.
-        centre_y: Centre row in pixels.
-        radius: Half the shape's extent in pixels.
-
-    Returns:
-        The polygon's ``(x, y)`` vertices.
-    """
-    if category == 'circle':
-        angles = [2 * math.pi * k / CIRCLE_VERTICES
-                  for k in range(CIRCLE_VERTICES)]
-    elif category == 'square':
-        angles = [math.pi / 4 + math.pi / 2 * k for k in range(4)]
-        radius *= math.sqrt(2)
-    elif category == 'triangle':
-        angles = [-math.pi / 2 + 2 * math.pi / 3 * k for k in range(3)]
-    elif category == 'diamond':
-        angles = [math.pi / 2 * k for k in range(4)]
-    else:
-        raise ValueError(f'category must be one of {CATEGORIES}, '
-                         f'got {category!r}')
-    return [(centre_x + radius * math.cos(a), centre_y + radius * math.sin(a))
-            for a in angles]
 
 
 def rasterise(polygon: list[tuple[float, float]], height: int,
