@@ -87,6 +87,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help='JSON dict of extra backbone arguments, e.g. '
         '\'{"arch": {"embed_dims": 32, "depths": [1, 1, 1, 1], ...}}\'')
     parser.add_argument(
+        '--profile',
+        type=int,
+        default=0,
+        metavar='TOP',
+        help='also print the TOP operators by device time of each mode and '
+        'precision (torch.profiler, three steps)')
+    parser.add_argument(
         '--append-to',
         metavar='FILE',
         help='append the table with the environment to this markdown file')
@@ -144,6 +151,56 @@ def _peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
 
+def make_step(model: nn.Module, inputs: tuple, mode: str,
+              precision: str) -> Callable[[], None]:
+    """One benchmark iteration of ``model`` as a closure.
+
+    Args:
+        model: The module to run (``model(*inputs)``); put in eval mode for
+            ``'infer'`` and train mode for ``'train'``.
+        inputs: Its inputs, on the model's device.
+        mode: ``'infer'`` or ``'train'``.
+        precision: A key of :data:`PRECISIONS`.
+
+    Returns:
+        ``step()``: an inference forward pass, or a training step (forward,
+        backward of the stand-in loss, AdamW step; fp16 with a GradScaler).
+    """
+    if mode not in MODES:
+        raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {sorted(PRECISIONS)}, '
+                         f'got {precision!r}')
+    device = inputs[0].device
+    dtype = PRECISIONS[precision]
+
+    def autocast():
+        return torch.autocast(
+            device_type=device.type, dtype=dtype, enabled=dtype is not None)
+
+    if mode == 'infer':
+        model.eval()
+
+        def step() -> None:
+            with torch.inference_mode(), autocast():
+                model(*inputs)
+
+        return step
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == 'fp16')
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = _stand_in_loss(model(*inputs))
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step
+
+
 def measure(model: nn.Module, inputs: tuple, mode: str, precision: str,
             warmup: int, repeats: int) -> Dict[str, float]:
     """Median time per iteration and peak memory of one mode/precision.
@@ -159,41 +216,11 @@ def measure(model: nn.Module, inputs: tuple, mode: str, precision: str,
     Returns:
         ``seconds`` (median per iteration) and ``peak_mib``.
     """
-    if mode not in MODES:
-        raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
-    if precision not in PRECISIONS:
-        raise ValueError(f'precision must be one of {sorted(PRECISIONS)}, '
-                         f'got {precision!r}')
     if warmup < 0 or repeats < 1:
         raise ValueError(f'warmup must be >= 0 and repeats >= 1, got '
                          f'{warmup} and {repeats}')
+    step = make_step(model, inputs, mode, precision)
     device = inputs[0].device
-    dtype = PRECISIONS[precision]
-
-    def autocast():
-        return torch.autocast(
-            device_type=device.type, dtype=dtype, enabled=dtype is not None)
-
-    if mode == 'infer':
-        model.eval()
-
-        def step() -> None:
-            with torch.inference_mode(), autocast():
-                model(*inputs)
-    else:
-        model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-        scaler = torch.amp.GradScaler(
-            device.type, enabled=precision == 'fp16')
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with autocast():
-                loss = _stand_in_loss(model(*inputs))
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-
     timer = _Timer(device)
     for _ in range(warmup):
         step()
@@ -203,6 +230,43 @@ def measure(model: nn.Module, inputs: tuple, mode: str, precision: str,
     times = [timer(step) for _ in range(repeats)]
     return dict(seconds=statistics.median(times),
                 peak_mib=_peak_memory_mib(device))
+
+
+def profile_table(model: nn.Module, inputs: tuple, mode: str,
+                  precision: str, top: int) -> str:
+    """Where one warmed-up iteration spends its time, by operator.
+
+    Runs two warm-up steps, then profiles three with ``torch.profiler``.
+
+    Args:
+        model: The module to run (``model(*inputs)``).
+        inputs: Its inputs, on the model's device.
+        mode: ``'infer'`` or ``'train'``.
+        precision: A key of :data:`PRECISIONS`.
+        top: Rows to keep.
+
+    Returns:
+        The profiler's table of the ``top`` operators by self device time
+        (self CPU time on the CPU), totals over the three steps.
+    """
+    if top < 1:
+        raise ValueError(f'top must be >= 1, got {top}')
+    step = make_step(model, inputs, mode, precision)
+    device = inputs[0].device
+    for _ in range(2):
+        step()
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    sort_by = 'self_cpu_time_total'
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+        sort_by = 'self_cuda_time_total'
+    with torch.profiler.profile(activities=activities) as profiler:
+        for _ in range(3):
+            step()
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+    return profiler.key_averages().table(sort_by=sort_by, row_limit=top)
 
 
 def run_benchmark(args: argparse.Namespace) -> List[Dict[str, Any]]:
@@ -228,6 +292,10 @@ def run_benchmark(args: argparse.Namespace) -> List[Dict[str, Any]]:
         for mode in args.modes:
             result = measure(module, inputs, mode, precision, args.warmup,
                              args.repeats)
+            if args.profile:
+                print(f'## profile: {precision} {mode}')
+                print(profile_table(module, inputs, mode, precision,
+                                    args.profile))
             rows.append(
                 dict(
                     precision=precision,

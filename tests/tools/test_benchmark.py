@@ -98,3 +98,12 @@ def test_main_prints_and_appends(tmp_path, capsys):
     assert text.startswith('# Benchmarks\n')
     assert '--append-to' in text and f'torch {torch.__version__}' in text
     assert 'CUDA ' in text and table in text
+
+
+def test_profile_table_names_the_model_operators():
+    table = _load_tool().profile_table(_SleepyNet(0.0), (torch.randn(2, 4), ),
+                                       'train', 'fp32', top=50)
+    assert 'aten::linear' in table or 'aten::addmm' in table
+    with pytest.raises(ValueError, match='top must be >= 1'):
+        _load_tool().profile_table(_SleepyNet(0.0), (torch.randn(2, 4), ),
+                                   'infer', 'fp32', top=0)

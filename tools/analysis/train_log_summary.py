@@ -5,9 +5,10 @@
 Reads the newest ``<timestamp>/vis_data/scalars.json`` under WORK_DIR (one
 JSON record per logged iteration, as mmengine's LocalVisBackend writes it)
 and prints one markdown row: logged iterations, median seconds per
-iteration (the first ``--skip`` logged records are warm-up and left out),
-peak GPU memory in MiB as mmengine logs it, and the first and last total
-loss. Exits 1 when a logged loss is not finite.
+iteration and peak GPU memory in MiB as mmengine logs it (the first
+``--skip`` logged records are warm-up and left out of both: cuDNN's
+autotuning of the first iterations allocates workspaces far above the
+steady state), and the first and last total loss. Exits 1 when a logged loss is not finite.
 """
 import argparse
 import json
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
         raise SystemExit(f'no training iterations logged in {args.work_dir}')
     timed = records[args.skip:] or records
     seconds = statistics.median(r['time'] for r in timed if 'time' in r)
-    memory = max((r.get('memory', 0) for r in records), default=0)
+    memory = max((r.get('memory', 0) for r in timed), default=0)
     losses = [r['loss'] for r in records]
     finite = all(math.isfinite(v) for v in losses)
     print(f"| {args.name or args.work_dir.name} | {records[-1].get('iter', '?')}"
