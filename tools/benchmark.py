@@ -87,6 +87,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help='JSON dict of extra backbone arguments, e.g. '
         '\'{"arch": {"embed_dims": 32, "depths": [1, 1, 1, 1], ...}}\'')
     parser.add_argument(
+        '--compile',
+        action='store_true',
+        help='run the model through torch.compile (default mode) first')
+    parser.add_argument(
         '--profile',
         type=int,
         default=0,
@@ -287,6 +291,8 @@ def run_benchmark(args: argparse.Namespace) -> List[Dict[str, Any]]:
         backbone_only=args.backbone_only,
         backbone_kwargs=args.backbone_kwargs).to(device)
     module, inputs = analysis_inputs(model, height, width, args.batch_size)
+    if args.compile:
+        module = torch.compile(module)
     rows = []
     for precision in args.precision:
         for mode in args.modes:
@@ -335,7 +341,8 @@ def format_table(args: argparse.Namespace,
     ]
     for row in rows:
         lines.append(
-            f'| {args.model} | {row["mode"]} | {row["precision"]} | '
+            f'| {args.model}{" (compiled)" if args.compile else ""} | '
+            f'{row["mode"]} | {row["precision"]} | '
             f'{args.batch_size} | {height}x{width} | '
             f'{row["seconds"] * 1e3:.4g} | {row["images_per_s"]:.4g} | '
             f'{row["peak_mib"]:.0f} |')

@@ -107,3 +107,26 @@ def test_profile_table_names_the_model_operators():
     with pytest.raises(ValueError, match='top must be >= 1'):
         _load_tool().profile_table(_SleepyNet(0.0), (torch.randn(2, 4), ),
                                    'infer', 'fp32', top=0)
+
+
+def test_compile_flag_times_the_compiled_model(monkeypatch):
+    # Inductor takes over a minute on 2 CPU cores; the compiled backbones are
+    # tested on the GPU (tests/models/test_compile_cuda.py). Here: the flag
+    # reaches torch.compile and the table says so.
+    tool = _load_tool()
+    compiled = []
+
+    def record(module):
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(tool.torch, 'compile', record)
+    argv = [
+        'VMamba', '--backbone-kwargs', TINY_VMAMBA, '--shape', '16',
+        '--batch-size', '1', '--modes', 'infer', '--warmup', '0',
+        '--repeats', '1', '--device', 'cpu', '--compile'
+    ]
+    table = tool.main(argv)
+    assert len(compiled) == 1 and isinstance(compiled[0], nn.Module)
+    row = table.splitlines()[2]
+    assert row.startswith('| VMamba (compiled) | infer | fp32 | 1 | 16x16 |')
