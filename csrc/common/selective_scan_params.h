@@ -31,6 +31,10 @@ struct SelectiveScanParams {
   int height = 1;
   int width = 1;
   int num_chunks = 0;  // saved states per sequence (see kChunkStateStride)
+  // Thread-per-chunk forward: positions each thread walks, and the number of
+  // such chunks per sequence (ceil(length / forward_chunk_length)).
+  int forward_chunk_length = 0;
+  int num_forward_chunks = 1;
   // Channels that share their groups of B and of C: dim / lcm(groups of B,
   // groups of C), a constant B/C counting as one group.
   int channels_per_segment = 1;
@@ -38,6 +42,9 @@ struct SelectiveScanParams {
   bool var_B = true;
   bool var_C = true;
   bool delta_softplus = false;
+  // Mamba layout only: sequence position t sits at memory position
+  // length - 1 - t, so the recurrence runs from the end of the rows.
+  bool reverse = false;
 
   const void *u = nullptr;
   const void *delta = nullptr;
@@ -52,6 +59,12 @@ struct SelectiveScanParams {
   void *out = nullptr;
   void *y_pregate = nullptr;
   void *chunk_states = nullptr;
+  // Thread-per-chunk forward with num_forward_chunks > 1, accumulation type:
+  // each chunk's end state when started from zero, (batch, num_dirs * dim,
+  // num_forward_chunks - 1, dstate), and the sum of its step sizes, (batch,
+  // num_dirs * dim, num_forward_chunks - 1). The last chunk needs neither.
+  void *chunk_end_states = nullptr;
+  void *chunk_step_sums = nullptr;
 
   // Backward.
   const void *dout = nullptr;
@@ -70,16 +83,25 @@ struct SelectiveScanParams {
 // num_chunks = ceil(length / kChunkStateStride), dstate).
 constexpr int kChunkStateStride = 256;
 
-// How a launch splits the work: the forward pass and the block backward
-// kernel run one block of num_threads threads per sequence, each thread
-// owning num_items consecutive positions; the warp backward kernel runs one
-// warp per sequence (num_threads = 32 * warps per block, num_items = 8).
-enum class ScanLayout { kBlockPerSequence, kWarpPerSequence };
+// How a launch splits the work:
+// - kThreadPerChunk (forward only, dstate <= kThreadScanMaxStates): one
+//   thread per (sequence, chunk of forward_chunk_length positions) walks its
+//   chunk with every state in registers (num_threads, num_items unused);
+// - kBlockPerSequence: the block forward (any dstate) and the block backward
+//   kernel run one block of num_threads threads per sequence, each thread
+//   owning num_items consecutive positions;
+// - kWarpPerSequence (backward only): one warp per sequence (num_threads = 32
+//   * warps per block, num_items = 8).
+enum class ScanLayout { kThreadPerChunk, kBlockPerSequence, kWarpPerSequence };
+
+// Largest state size of the thread-per-chunk forward kernel.
+constexpr int kThreadScanMaxStates = 64;
 
 // The configurations the kernels are compiled for; mmssm/ops/cuda_ops.py
 // picks one per sequence length and sequence count.
 inline bool is_compiled_scan_config(ScanLayout layout, bool backward,
                                     int num_threads, int num_items) {
+  if (layout == ScanLayout::kThreadPerChunk) return !backward;
   if (layout == ScanLayout::kWarpPerSequence)
     return backward && num_threads == 256 && num_items == 8;
   // (32, 4) chunks are too short for the backward pass: its chunks must

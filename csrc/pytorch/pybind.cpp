@@ -11,8 +11,8 @@ std::vector<at::Tensor> selective_scan_forward(
     const at::Tensor &B, const at::Tensor &C,
     const c10::optional<at::Tensor> &D, const c10::optional<at::Tensor> &z,
     const c10::optional<at::Tensor> &delta_bias, bool delta_softplus,
-    int64_t num_dirs, int64_t height, int64_t width, int64_t num_threads,
-    int64_t num_items);
+    int64_t num_dirs, int64_t height, int64_t width, bool reverse,
+    int64_t num_threads, int64_t num_items, int64_t chunk_length);
 
 std::vector<at::Tensor> selective_scan_backward(
     const at::Tensor &u, const at::Tensor &delta, const at::Tensor &A,
@@ -21,8 +21,8 @@ std::vector<at::Tensor> selective_scan_backward(
     const c10::optional<at::Tensor> &delta_bias, const at::Tensor &dout,
     const c10::optional<at::Tensor> &y_pregate,
     const at::Tensor &chunk_states, bool delta_softplus, int64_t num_dirs,
-    int64_t height, int64_t width, int64_t num_threads, int64_t num_items,
-    bool warp_per_sequence);
+    int64_t height, int64_t width, bool reverse, int64_t num_threads,
+    int64_t num_items, bool warp_per_sequence);
 
 std::vector<at::Tensor> wavefront_scan_forward(
     const at::Tensor &x, const at::Tensor &delta_t, const at::Tensor &delta_l,
@@ -66,7 +66,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"),
         py::arg("C"), py::arg("D"), py::arg("z"), py::arg("delta_bias"),
         py::arg("delta_softplus"), py::arg("num_dirs"), py::arg("height"),
-        py::arg("width"), py::arg("num_threads"), py::arg("num_items"));
+        py::arg("width"), py::arg("reverse"), py::arg("num_threads"),
+        py::arg("num_items"), py::arg("chunk_length"));
   m.def("selective_scan_backward", &mmssm::selective_scan_backward,
         "Selective scan backward: returns (du, ddelta, dA, dB, dC, dD, dz, "
         "ddelta_bias)",
@@ -74,8 +75,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("C"), py::arg("D"), py::arg("z"), py::arg("delta_bias"),
         py::arg("dout"), py::arg("y_pregate"), py::arg("chunk_states"),
         py::arg("delta_softplus"), py::arg("num_dirs"), py::arg("height"),
-        py::arg("width"), py::arg("num_threads"), py::arg("num_items"),
-        py::arg("warp_per_sequence"));
+        py::arg("width"), py::arg("reverse"), py::arg("num_threads"),
+        py::arg("num_items"), py::arg("warp_per_sequence"));
   m.def("wavefront_scan_forward", &mmssm::wavefront_scan_forward,
         "Mamba2D wavefront scan forward: returns (out, boundary states)",
         py::arg("x"), py::arg("delta_t"), py::arg("delta_l"), py::arg("A_t"),

@@ -5,6 +5,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <algorithm>
 #include <numeric>
 #include <vector>
 
@@ -40,7 +41,7 @@ SelectiveScanParams make_params(
     const at::Tensor &B, const at::Tensor &C,
     const c10::optional<at::Tensor> &D, const c10::optional<at::Tensor> &z,
     const c10::optional<at::Tensor> &delta_bias, bool delta_softplus,
-    int64_t num_dirs, int64_t height, int64_t width) {
+    int64_t num_dirs, int64_t height, int64_t width, bool reverse) {
   const auto dtype = u.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf ||
                   dtype == at::kBFloat16 || dtype == at::kDouble,
@@ -71,6 +72,9 @@ SelectiveScanParams make_params(
                 height, " * ", width, ") must equal length ", length);
     TORCH_CHECK(!z.has_value(),
                 "selective scan: z is not supported with num_dirs > 1");
+    TORCH_CHECK(!reverse, "selective scan: reverse is only supported with "
+                "num_dirs 1 (the cross layout fixes each direction's order), "
+                "got num_dirs ", num_dirs);
   }
 
   SelectiveScanParams params;
@@ -83,6 +87,7 @@ SelectiveScanParams make_params(
   params.width = width;
   params.num_chunks = (length + kChunkStateStride - 1) / kChunkStateStride;
   params.delta_softplus = delta_softplus;
+  params.reverse = reverse;
 
   auto check_bc = [&](const at::Tensor &x, const char *name, bool &variable,
                       int &num_groups) {
@@ -157,14 +162,14 @@ std::vector<at::Tensor> selective_scan_forward(
     const at::Tensor &B, const at::Tensor &C,
     const c10::optional<at::Tensor> &D, const c10::optional<at::Tensor> &z,
     const c10::optional<at::Tensor> &delta_bias, bool delta_softplus,
-    int64_t num_dirs, int64_t height, int64_t width, int64_t num_threads,
-    int64_t num_items) {
+    int64_t num_dirs, int64_t height, int64_t width, bool reverse,
+    int64_t num_threads, int64_t num_items, int64_t chunk_length) {
   TORCH_CHECK(u.is_cuda(), "selective scan: u must be a CUDA tensor, got ",
               u.device());
   const c10::cuda::CUDAGuard device_guard(u.device());
   SelectiveScanParams params =
       make_params(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                  num_dirs, height, width);
+                  num_dirs, height, width, reverse);
   const auto acc = accum_type(u.scalar_type());
   // The four directions add into one output, so it starts at zero.
   at::Tensor out = num_dirs > 1 ? at::zeros(u.sizes(), u.options().dtype(acc))
@@ -176,8 +181,36 @@ std::vector<at::Tensor> selective_scan_forward(
   params.out = out.data_ptr();
   params.y_pregate = y_pregate.numel() ? y_pregate.data_ptr() : nullptr;
   params.chunk_states = chunk_states.data_ptr();
-  launch(params, u.scalar_type(), ScanLayout::kBlockPerSequence, num_threads,
-         num_items, false);
+  if (chunk_length == 0) {
+    launch(params, u.scalar_type(), ScanLayout::kBlockPerSequence,
+           num_threads, num_items, false);
+    return {out, y_pregate, chunk_states};
+  }
+  TORCH_CHECK(chunk_length > 0, "selective scan: chunk_length must be "
+              "positive (or 0 for the block forward kernel), got ",
+              chunk_length);
+  TORCH_CHECK(params.dstate <= kThreadScanMaxStates, "selective scan: the "
+              "thread-per-chunk forward kernel holds at most ",
+              kThreadScanMaxStates, " states, got dstate ", params.dstate);
+  const int64_t num_forward_chunks =
+      (params.length + chunk_length - 1) / chunk_length;
+  TORCH_CHECK(num_forward_chunks <= 65535, "selective scan: at most 65535 "
+              "chunks per sequence, got ", num_forward_chunks,
+              " (chunk_length ", chunk_length, ")");
+  params.forward_chunk_length = std::min<int64_t>(chunk_length, params.length);
+  params.num_forward_chunks = num_forward_chunks;
+  at::Tensor chunk_end_states, chunk_step_sums;
+  if (num_forward_chunks > 1) {
+    chunk_end_states = at::empty({params.batch, num_dirs * params.dim,
+                                  num_forward_chunks - 1, params.dstate},
+                                 u.options().dtype(acc));
+    chunk_step_sums = at::empty(
+        {params.batch, num_dirs * params.dim, num_forward_chunks - 1},
+        u.options().dtype(acc));
+    params.chunk_end_states = chunk_end_states.data_ptr();
+    params.chunk_step_sums = chunk_step_sums.data_ptr();
+  }
+  launch(params, u.scalar_type(), ScanLayout::kThreadPerChunk, 0, 0, false);
   return {out, y_pregate, chunk_states};
 }
 
@@ -188,14 +221,14 @@ std::vector<at::Tensor> selective_scan_backward(
     const c10::optional<at::Tensor> &delta_bias, const at::Tensor &dout,
     const c10::optional<at::Tensor> &y_pregate,
     const at::Tensor &chunk_states, bool delta_softplus, int64_t num_dirs,
-    int64_t height, int64_t width, int64_t num_threads, int64_t num_items,
-    bool warp_per_sequence) {
+    int64_t height, int64_t width, bool reverse, int64_t num_threads,
+    int64_t num_items, bool warp_per_sequence) {
   TORCH_CHECK(u.is_cuda(), "selective scan: u must be a CUDA tensor, got ",
               u.device());
   const c10::cuda::CUDAGuard device_guard(u.device());
   SelectiveScanParams params =
       make_params(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                  num_dirs, height, width);
+                  num_dirs, height, width, reverse);
   const auto dtype = u.scalar_type();
   const auto acc = accum_type(dtype);
   check_tensor(dout, "dout", u, dtype, u.sizes());

@@ -25,10 +25,16 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-# Kernel launch choices. The forward pass runs one block per sequence with
-# (threads, positions per thread) picked by length; the first entry whose
-# length bound holds wins. The backward pass runs one warp per sequence (its
-# blocks sum shared B/C gradients over 8 channels) where there are at least
+# Kernel launch choices. The forward pass runs one thread per (sequence,
+# chunk of positions) with every state in registers where dstate <=
+# _THREAD_SCAN_MAX_STATES: a whole sequence per thread where there are at
+# least _MIN_SEQUENCES_FOR_ONE_CHUNK sequences, else chunks of a multiple of
+# _STATE_STRIDE positions sized for about _TARGET_FORWARD_THREADS threads
+# (these chunks cost one more pass over the inputs). Larger states take the
+# block forward kernel: one block per sequence with (threads, positions per
+# thread) picked by length; the first entry whose length bound holds wins.
+# The backward pass runs one warp per sequence (its blocks sum shared B/C
+# gradients over 8 channels) where there are at least
 # _MIN_SEQUENCES_PER_WARP_BACKWARD sequences to fill the GPU, else one block
 # per sequence, whose chunks must span a multiple of _STATE_STRIDE positions.
 # csrc/common/selective_scan_params.h lists the compiled configurations.
@@ -37,6 +43,9 @@ _BLOCK_BACKWARD_CONFIGS = ((256, 64, 4), (512, 128, 4))
 _LONG_SEQUENCE_CONFIG = (128, 8)
 _WARP_BACKWARD_CONFIG = (256, 8)
 _MIN_SEQUENCES_PER_WARP_BACKWARD = 4096
+_THREAD_SCAN_MAX_STATES = 64
+_MIN_SEQUENCES_FOR_ONE_CHUNK = 32768
+_TARGET_FORWARD_THREADS = 65536
 _STATE_STRIDE = 256
 _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _CROSS_DIRECTIONS = 4
@@ -48,6 +57,15 @@ def _forward_config(length: int) -> tuple[int, int]:
         if length <= max_length:
             return num_threads, num_items
     return _LONG_SEQUENCE_CONFIG
+
+
+def _forward_chunk_length(num_sequences: int, length: int) -> int:
+    """Positions per thread of the thread-per-chunk forward kernel."""
+    if num_sequences >= _MIN_SEQUENCES_FOR_ONE_CHUNK:
+        return length
+    chunks = -(-_TARGET_FORWARD_THREADS // num_sequences)
+    strides = -(-length // _STATE_STRIDE)
+    return min(length, -(-strides // chunks) * _STATE_STRIDE)
 
 
 def _backward_config(num_sequences: int,
@@ -82,19 +100,30 @@ def _extension():
 def _scan_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                   D: Optional[Tensor], z: Optional[Tensor],
                   delta_bias: Optional[Tensor], delta_softplus: bool,
-                  num_dirs: int, height: int,
-                  width: int) -> tuple[Tensor, Tensor, Tensor]:
+                  num_dirs: int, height: int, width: int,
+                  reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Kernel forward; returns (out, y before the z gate, chunk states)."""
+    if reverse and num_dirs > 1:
+        raise ValueError('reverse is only supported with num_dirs 1 (the '
+                         "cross layout fixes each direction's order), got "
+                         f'num_dirs {num_dirs}')
     num_threads, num_items = _forward_config(u.shape[-1])
+    # 0 selects the block forward kernel.
+    # The cross layout keeps the block kernel: its column-major directions
+    # read a pixel per row, which the thread kernel's row tiles cannot
+    # coalesce (8.6 ms against 1.4 ms at VMamba-T stage 1, 224², batch 64).
+    chunk_length = (0 if num_dirs > 1 or A.shape[1] > _THREAD_SCAN_MAX_STATES
+                    else _forward_chunk_length(
+                        delta.shape[0] * delta.shape[1], u.shape[-1]))
     out, y_pregate, chunk_states = _extension().selective_scan_forward(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, num_dirs, height,
-        width, num_threads, num_items)
+        width, reverse, num_threads, num_items, chunk_length)
     return out, y_pregate, chunk_states
 
 
 @_scan_forward.register_fake
 def _scan_forward_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                       num_dirs, height, width):
+                       num_dirs, height, width, reverse):
     num_chunks = (u.shape[-1] + _STATE_STRIDE - 1) // _STATE_STRIDE
     accum = _accum_dtype(u.dtype)
     out = (u.new_empty(u.shape, dtype=accum)
@@ -112,7 +141,7 @@ def _scan_backward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                    delta_bias: Optional[Tensor], dout: Tensor,
                    y_pregate: Optional[Tensor], chunk_states: Tensor,
                    delta_softplus: bool, num_dirs: int, height: int,
-                   width: int) -> list[Tensor]:
+                   width: int, reverse: bool) -> list[Tensor]:
     """Kernel backward; returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias).
 
     Weight gradients and gradients of constant B/C come in the accumulation
@@ -123,14 +152,14 @@ def _scan_backward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
         u.shape[0] * delta.shape[1], u.shape[-1])
     return list(_extension().selective_scan_backward(
         u, delta, A, B, C, D, z, delta_bias, dout, y_pregate, chunk_states,
-        delta_softplus, num_dirs, height, width, num_threads, num_items,
-        warp_per_sequence))
+        delta_softplus, num_dirs, height, width, reverse, num_threads,
+        num_items, warp_per_sequence))
 
 
 @_scan_backward.register_fake
 def _scan_backward_fake(u, delta, A, B, C, D, z, delta_bias, dout, y_pregate,
                         chunk_states, delta_softplus, num_dirs, height,
-                        width):
+                        width, reverse):
     accum = _accum_dtype(u.dtype)
     du = (u.new_empty(u.shape, dtype=accum)
           if num_dirs > 1 else torch.empty_like(u))
@@ -150,7 +179,7 @@ def _scan_backward_fake(u, delta, A, B, C, D, z, delta_bias, dout, y_pregate,
 
 def _scan_setup_context(ctx, inputs, output) -> None:
     (u, delta, A, B, C, D, z, delta_bias, delta_softplus, num_dirs, height,
-     width) = inputs
+     width, reverse) = inputs
     _, y_pregate, chunk_states = output
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, y_pregate,
                           chunk_states)
@@ -158,6 +187,7 @@ def _scan_setup_context(ctx, inputs, output) -> None:
     ctx.num_dirs = num_dirs
     ctx.height = height
     ctx.width = width
+    ctx.reverse = reverse
     ctx.mark_non_differentiable(y_pregate, chunk_states)
 
 
@@ -167,11 +197,12 @@ def _scan_autograd_backward(ctx, dout, _dy_pregate, _dchunk_states):
     du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = _scan_backward(
         u, delta, A, B, C, D, z, delta_bias,
         dout.to(u.dtype).contiguous(), y_pregate if z is not None else None,
-        chunk_states, ctx.delta_softplus, ctx.num_dirs, ctx.height, ctx.width)
+        chunk_states, ctx.delta_softplus, ctx.num_dirs, ctx.height, ctx.width,
+        ctx.reverse)
     return (du.to(u.dtype), ddelta, dA, dB.to(B.dtype), dC.to(C.dtype),
             dD if D is not None else None, dz if z is not None else None,
             ddelta_bias if delta_bias is not None else None, None, None, None,
-            None)
+            None, None)
 
 
 torch.library.register_autograd(
@@ -219,6 +250,7 @@ def selective_scan_cuda(
     delta_bias: Optional[Tensor] = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    reverse: bool = False,
 ) -> Union[Tensor, tuple[Tensor, Tensor]]:
     """Selective scan with the compiled kernel (see mmssm.ops.selective_scan).
 
@@ -236,6 +268,8 @@ def selective_scan_cuda(
         delta_bias (Tensor, optional): Added to delta, (dim,).
         delta_softplus (bool): Apply softplus to delta + delta_bias.
         return_last_state (bool): Also return the final state.
+        reverse (bool): Run the recurrence from position L-1 down to 0 (the
+            kernel reads the rows backwards; no flipped copies).
 
     Returns:
         Tensor | tuple[Tensor, Tensor]: y (batch, dim, L) in u's dtype, and
@@ -262,7 +296,8 @@ def selective_scan_cuda(
         u.contiguous(), delta.to(dtype).contiguous(), _weight(A, accum, 'A'),
         projection(B, 'B'), projection(C, 'C'), _weight(D, accum, 'D'),
         z.to(dtype).contiguous() if z is not None else None,
-        _weight(delta_bias, accum, 'delta_bias'), delta_softplus, 1, 1, 1)
+        _weight(delta_bias, accum, 'delta_bias'), delta_softplus, 1, 1, 1,
+        reverse)
     if return_last_state:
         return out, chunk_states[:, :, -1]
     return out
@@ -322,7 +357,7 @@ def cross_selective_scan_cuda(u: Tensor,
         C.to(dtype).reshape(batch, _CROSS_DIRECTIONS, num_states,
                             length).contiguous(),
         _weight(D, accum, 'D'), None, _weight(delta_bias, accum, 'delta_bias'),
-        delta_softplus, _CROSS_DIRECTIONS, height, width)
+        delta_softplus, _CROSS_DIRECTIONS, height, width, False)
     return out.to(dtype).reshape(batch, dim, height, width)
 
 
@@ -514,9 +549,9 @@ def wavefront_scan_2d_cuda(x: Tensor,
     return out
 
 
-# V2M's corner scan: one thread walks one line for one (channel, state)
-# pair; the forward pass saves the state every _V2M_CHUNK positions
-# (csrc/common/v2m_scan_params.h).
+# V2M's corner scan: one thread walks one (channel, line) pair with all its
+# states; the forward pass saves the states every _V2M_CHUNK positions as
+# (batch, K, chunks - 1, N, D, lines) (csrc/common/v2m_scan_params.h).
 _V2M_CHUNK = 16
 _V2M_CORNERS = ('tl', 'tr', 'bl', 'br')
 _V2M_AXES = ('row', 'col')
@@ -558,7 +593,7 @@ def _v2m_forward_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     lines, length = (width, height) if axis_col else (height, width)
     num_chunks = -(-length // _V2M_CHUNK)
     chunk_states = u.new_empty(
-        (batch, corners, lines, num_chunks - 1, dim, A.shape[1]),
+        (batch, corners, num_chunks - 1, A.shape[1], dim, lines),
         dtype=_accum_dtype(u.dtype))
     return torch.empty_like(delta), chunk_states
 
@@ -648,7 +683,7 @@ def v2m_corner_scan_cuda(u: Tensor,
         u (Tensor): Input, (batch, K, D, H, W) or (batch, D, H, W) shared by
             the corners.
         delta (Tensor): Step sizes before bias/softplus, (batch, K, D, H, W).
-        A (Tensor): State matrices, (K * D, N), N <= 32.
+        A (Tensor): State matrices, (K * D, N), N <= 64.
         B (Tensor): Input matrices, (batch, K, N, H, W) or constant (K * D, N).
         C (Tensor): Output matrices, shaped like B's options.
         D (Tensor, optional): Skip weights, (K * D,).

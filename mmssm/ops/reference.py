@@ -45,13 +45,15 @@ def selective_scan_reference(
         z: Optional[Tensor] = None,
         delta_bias: Optional[Tensor] = None,
         delta_softplus: bool = False,
-        return_last_state: bool = False
-) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        return_last_state: bool = False,
+        reverse: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Step-by-step selective scan; arguments as ``mmssm.ops.selective_scan``.
+
+    With ``reverse`` the steps are taken from position L-1 down to 0.
 
     Returns:
         y (batch, dim, L) in u's dtype, and with ``return_last_state`` the
-        last state (batch, dim, N) in the internal dtype.
+        state after the last step taken (batch, dim, N) in the internal dtype.
     """
     dtype = _internal_dtype(u, delta, A, B, C, D, z, delta_bias)
     batch, dim, length = u.shape
@@ -62,13 +64,16 @@ def selective_scan_reference(
     if delta_softplus:
         delta = torch.where(delta > 20, delta, torch.log1p(torch.exp(delta)))
     state = torch.zeros(batch, dim, A.shape[1], dtype=dtype, device=u.device)
-    outputs = []
-    for step, u_t, B_t, C_t in zip(
-            delta.unbind(-1), u_c.unbind(-1), _steps_of(B, dim, length),
-            _steps_of(C, dim, length)):
+    steps = list(
+        zip(delta.unbind(-1), u_c.unbind(-1), _steps_of(B, dim, length),
+            _steps_of(C, dim, length)))
+    outputs = [None] * length
+    order = range(length - 1, -1, -1) if reverse else range(length)
+    for t in order:
+        step, u_t, B_t, C_t = steps[t]
         step = step.unsqueeze(-1)
         state = torch.exp(step * A) * state + step * B_t * u_t.unsqueeze(-1)
-        outputs.append((state * C_t).sum(-1))
+        outputs[t] = (state * C_t).sum(-1)
     y = torch.stack(outputs, dim=-1)
     if D is not None:
         y = y + D.to(dtype)[:, None] * u_c

@@ -221,14 +221,16 @@ def check_selective_scan_args(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
 def selective_scan_states(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
                           C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
                           delta_bias: Optional[Tensor],
-                          delta_softplus: bool) -> Tuple[Tensor, Tensor]:
+                          delta_softplus: bool,
+                          reverse: bool = False) -> Tuple[Tensor, Tensor]:
     """PyTorch selective scan in the internal dtype, without output cast.
 
     Must run with autocast disabled; arguments as in :func:`selective_scan`.
 
     Returns:
         y (batch, dim, L) and the last state (batch, dim, N), both in the
-        internal dtype (float32, or float64 for float64 inputs).
+        internal dtype (float32, or float64 for float64 inputs). With
+        ``reverse`` the last state is the one after position 0.
     """
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     batch, dim, length = u.shape
@@ -244,14 +246,14 @@ def selective_scan_states(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
     C_grouped = _grouped(C.to(dtype), dim)
     step_inputs = (delta * u_c).view(batch, B_grouped.shape[1], -1, 1, length)
     inputs = (step_inputs * B_grouped).view(batch, dim, state_size, length)
-    states = linear_recurrence(log_decay, inputs)
+    states = linear_recurrence(log_decay, inputs, reverse=reverse)
     y = (states.reshape(batch, C_grouped.shape[1], -1, state_size, length) *
          C_grouped).sum(dim=3).view(batch, dim, length)
     if D is not None:
         y = y + D.to(dtype).unsqueeze(-1) * u_c
     if z is not None:
         y = y * F.silu(z.to(dtype))
-    return y, states[..., -1]
+    return y, states[..., 0] if reverse else states[..., -1]
 
 
 def _selective_scan_pytorch(
@@ -264,11 +266,12 @@ def _selective_scan_pytorch(
         z: Optional[Tensor] = None,
         delta_bias: Optional[Tensor] = None,
         delta_softplus: bool = False,
-        return_last_state: bool = False
-) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        return_last_state: bool = False,
+        reverse: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     with torch.autocast(device_type=u.device.type, enabled=False):
         y, last_state = selective_scan_states(u, delta, A, B, C, D, z,
-                                              delta_bias, delta_softplus)
+                                              delta_bias, delta_softplus,
+                                              reverse)
     y = y.to(u.dtype)
     return (y, last_state) if return_last_state else y
 
@@ -283,14 +286,18 @@ def selective_scan(
         z: Optional[Tensor] = None,
         delta_bias: Optional[Tensor] = None,
         delta_softplus: bool = False,
-        return_last_state: bool = False
-) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        return_last_state: bool = False,
+        reverse: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Mamba's selective scan (``selective_scan_fn`` conventions).
 
     With Δ = softplus(delta + delta_bias) (or delta + delta_bias without
     ``delta_softplus``; softplus threshold 20):
     h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t (h_{-1} = 0),
     y_t = Σ_n C_t[n] h_t[n] + D u_t, then y ← y · silu(z).
+    With ``reverse`` the recurrence runs from the last position to the first
+    (h_t = exp(Δ_t A) ⊙ h_{t+1} + Δ_t B_t u_t, h_L = 0): the result equals
+    flipping every per-position input along L, scanning, and flipping y back,
+    without making those flipped copies.
 
     Args:
         u: (batch, dim, L) input.
@@ -303,7 +310,9 @@ def selective_scan(
         z: Optional (batch, dim, L) gate.
         delta_bias: Optional (dim,) added to ``delta``.
         delta_softplus: Apply softplus to the biased step sizes.
-        return_last_state: Also return the last state h_{L-1}.
+        return_last_state: Also return the last state: h_{L-1}, or h_0 with
+            ``reverse``.
+        reverse: Run the recurrence from position L-1 down to 0.
 
     Returns:
         y (batch, dim, L) in u's dtype, and with ``return_last_state`` the
@@ -311,4 +320,5 @@ def selective_scan(
     """
     check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias)
     return run_op('selective_scan', _selective_scan_pytorch, u, delta, A, B,
-                  C, D, z, delta_bias, delta_softplus, return_last_state)
+                  C, D, z, delta_bias, delta_softplus, return_last_state,
+                  reverse)

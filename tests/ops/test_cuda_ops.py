@@ -228,12 +228,15 @@ def test_ops_pass_opcheck():
     args = (inputs['u'], inputs['delta'], inputs['A'],
             inputs['B'].unsqueeze(1), inputs['C'].unsqueeze(1), inputs['D'],
             inputs['z'], inputs['delta_bias'], True, 1, 1, 1)
-    torch.library.opcheck(torch.ops.mmssm.selective_scan_fwd.default, args)
+    torch.library.opcheck(torch.ops.mmssm.selective_scan_fwd.default,
+                          args + (False, ))
+    torch.library.opcheck(torch.ops.mmssm.selective_scan_fwd.default,
+                          args + (True, ))
     cross = cross_inputs(1, 2, 5, 7, 2)
     cross_args = (cross['u'].flatten(2), cross['delta'].reshape(1, 8, 35),
                   cross['A'], cross['B'].reshape(1, 4, 2, 35),
                   cross['C'].reshape(1, 4, 2, 35), cross['D'], None,
-                  cross['delta_bias'], True, 4, 5, 7)
+                  cross['delta_bias'], True, 4, 5, 7, False)
     torch.library.opcheck(torch.ops.mmssm.selective_scan_fwd.default,
                           cross_args)
 
@@ -273,8 +276,9 @@ def test_kernels_memcheck_clean():
         '    A = -torch.rand(3, 5, device="cuda", requires_grad=True)\n'
         '    B = torch.randn(2, 5, 300, device="cuda", dtype=dt)\n'
         '    z = torch.randn(2, 3, 300, device="cuda", dtype=dt)\n'
-        '    cuda_ops.selective_scan_cuda(u, u, A, B, B, None, z, None,\n'
-        '        True).sum().backward()\n'
+        '    for reverse in (False, True):\n'
+        '        cuda_ops.selective_scan_cuda(u, u, A, B, B, None, z, None,\n'
+        '            True, reverse=reverse).sum().backward()\n'
         '    x = torch.randn(1, 3, 7, 5, device="cuda", dtype=dt)\n'
         '    x.requires_grad_()\n'
         '    d = torch.randn(1, 4, 3, 7, 5, device="cuda", dtype=dt)\n'
@@ -289,6 +293,37 @@ def test_kernels_memcheck_clean():
         capture_output=True, text=True, env=dict(os.environ))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert 'ERROR SUMMARY: 0 errors' in result.stdout
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(shutil.which('compute-sanitizer') is None,
+                    reason='compute-sanitizer is not on PATH')
+def test_forward_kernels_racecheck_clean():
+    # Shared-memory hazards of the forward kernels (tiles staged, walked and
+    # read back between barriers); chunk length 40 runs both passes.
+    script = (
+        'import torch\n'
+        'from mmssm.ops import cuda_ops\n'
+        'cuda_ops._forward_chunk_length = lambda sequences, length: 40\n'
+        'for dstate in (5, 70):\n'
+        '    u = torch.randn(2, 66, 100, device="cuda")\n'
+        '    A = -torch.rand(66, dstate, device="cuda")\n'
+        '    B = torch.randn(2, dstate, 100, device="cuda")\n'
+        '    C = torch.randn(66, dstate, device="cuda")\n'
+        '    cuda_ops.selective_scan_cuda(u, u, A, B, C, None, u, None,\n'
+        '                                 True, reverse=True)\n'
+        'x = torch.randn(1, 3, 7, 5, device="cuda")\n'
+        'd = torch.randn(1, 4, 3, 7, 5, device="cuda")\n'
+        'bc = torch.randn(1, 4, 2, 7, 5, device="cuda")\n'
+        'A4 = -torch.rand(12, 2, device="cuda")\n'
+        'cuda_ops.cross_selective_scan_cuda(x, d, A4, bc, bc)\n'
+        'torch.cuda.synchronize()\n')
+    result = subprocess.run(
+        ['compute-sanitizer', '--tool', 'racecheck', '--error-exitcode', '3',
+         sys.executable, '-c', script],
+        capture_output=True, text=True, env=dict(os.environ))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert 'RACECHECK SUMMARY: 0 hazards' in result.stdout
 
 
 def test_cpu_input_is_refused_with_a_clear_error():
@@ -332,6 +367,9 @@ def test_every_block_config_matches_reference(num_threads, num_items,
                                               monkeypatch):
     monkeypatch.setattr(cuda_ops, '_forward_config',
                         lambda length: (num_threads, num_items))
+    # The block forward kernel serves only states the thread kernel cannot
+    # hold; a limit of 0 sends every forward pass to it.
+    monkeypatch.setattr(cuda_ops, '_THREAD_SCAN_MAX_STATES', 0)
     if num_threads * num_items % cuda_ops._STATE_STRIDE == 0:
         monkeypatch.setattr(cuda_ops, '_backward_config',
                             lambda sequences, length:
@@ -355,3 +393,148 @@ def test_forward_configs_cover_lengths_in_order():
     assert cuda_ops._forward_config(1) == cuda_ops._FORWARD_CONFIGS[0][1:]
     assert (cuda_ops._forward_config(bounds[-1] + 1) ==
             cuda_ops._LONG_SEQUENCE_CONFIG)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('warp_per_sequence', [False, True])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16,
+                                   torch.float64])
+@pytest.mark.parametrize('length,with_z', [(1, True), (7, False),
+                                           (257, True), (1031, False)])
+def test_selective_scan_reverse_matches_reference(warp_per_sequence, dtype,
+                                                  length, with_z,
+                                                  monkeypatch):
+    if warp_per_sequence:
+        monkeypatch.setattr(cuda_ops, '_MIN_SEQUENCES_PER_WARP_BACKWARD', 1)
+    inputs = selective_scan_inputs(2, 6, length, 5, 'grouped', groups=3,
+                                   with_z=with_z)
+    errors = errors_against_reference(
+        inputs, cuda_ops.selective_scan_cuda, selective_scan_reference, dtype,
+        delta_softplus=True, reverse=True)
+    assert_close(errors, dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('length', [5, 600])
+def test_selective_scan_reverse_is_scan_of_flipped_inputs(length):
+    inputs = selective_scan_inputs(2, 3, length, 4, 'shared')
+    out, last = cuda_ops.selective_scan_cuda(
+        **inputs, delta_softplus=True, return_last_state=True, reverse=True)
+    flipped = {
+        name: value.flip(-1) if value is not None and value.dim() == 3 else
+        value
+        for name, value in inputs.items()
+    }
+    flipped_out, flipped_last = cuda_ops.selective_scan_cuda(
+        **flipped, delta_softplus=True, return_last_state=True)
+    ref_inputs = {k: None if v is None else v.double()
+                  for k, v in inputs.items()}
+    _, ref_last = selective_scan_reference(
+        **ref_inputs, delta_softplus=True, return_last_state=True,
+        reverse=True)
+    assert relative_error(out, flipped_out.flip(-1)) < 1e-6
+    assert relative_error(last, flipped_last) < 1e-6
+    assert relative_error(last, ref_last) < 1e-5
+
+
+@pytest.mark.cuda
+def test_cross_layout_refuses_reverse():
+    cross = cross_inputs(1, 2, 5, 7, 2)
+    args = (cross['u'].flatten(2), cross['delta'].reshape(1, 8, 35),
+            cross['A'], cross['B'].reshape(1, 4, 2, 35),
+            cross['C'].reshape(1, 4, 2, 35), cross['D'], None,
+            cross['delta_bias'], True, 4, 5, 7, True)
+    with pytest.raises(ValueError, match='reverse is only supported'):
+        torch.ops.mmssm.selective_scan_fwd(*args)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('chunk_length', [1, 37, 256])
+@pytest.mark.parametrize('reverse', [False, True])
+def test_thread_forward_chunks_match_reference(chunk_length, reverse,
+                                               monkeypatch):
+    # Forced chunk lengths: chunks that end inside a tile of staged
+    # positions, between saved states and on them; the local pass and the
+    # composition of the chunks before each one run for every length > 1.
+    monkeypatch.setattr(cuda_ops, '_forward_chunk_length',
+                        lambda sequences, length: chunk_length)
+    for bc_layout, groups, dim in [('grouped', 3, 6), ('mixed', 1, 70),
+                                   ('constant', 1, 4)]:
+        inputs = selective_scan_inputs(2, dim, 611, 5, bc_layout, groups)
+        errors = errors_against_reference(
+            inputs, cuda_ops.selective_scan_cuda, selective_scan_reference,
+            torch.float32, delta_softplus=True, reverse=reverse)
+        assert_close(errors, torch.float32)
+    if not reverse:
+        cross = cross_inputs(2, 3, 13, 23, 2)
+        errors = errors_against_reference(
+            cross, cuda_ops.cross_selective_scan_cuda,
+            cross_selective_scan_reference, torch.float32,
+            delta_softplus=True)
+        assert_close(errors, torch.float32)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('dstate', [2, 5, 17, 33, 80])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_selective_scan_state_buckets(dstate, dtype):
+    # Every compiled register-state count (2, 8, 32, 64 here; 1, 4, 16, 64
+    # above) and, for 80 states, the block forward kernel.
+    inputs = selective_scan_inputs(2, 3, 290, dstate, 'shared')
+    errors = errors_against_reference(
+        inputs, cuda_ops.selective_scan_cuda, selective_scan_reference, dtype,
+        delta_softplus=True)
+    assert_close(errors, dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('chunk_length', [100, 600])
+@pytest.mark.parametrize('dstate', [3, 80])
+def test_forward_saves_the_states_the_backward_pass_restarts_from(
+        chunk_length, dstate, monkeypatch):
+    # chunk_states[..., k, :] is the state after position 256 (k + 1) - 1
+    # (after the last position for the last k); a wrong one shows here
+    # rather than only as wrong gradients.
+    monkeypatch.setattr(cuda_ops, '_forward_chunk_length',
+                        lambda sequences, length: chunk_length)
+    length = 600
+    inputs = selective_scan_inputs(2, 3, length, dstate, 'shared')
+    args = (inputs['u'], inputs['delta'], inputs['A'],
+            inputs['B'].unsqueeze(1), inputs['C'].unsqueeze(1), inputs['D'],
+            inputs['z'], inputs['delta_bias'], True, 1, 1, 1)
+    ref_inputs = {k: None if v is None else v.double()
+                  for k, v in inputs.items()}
+    for reverse in (False, True):
+        _, _, chunk_states = torch.ops.mmssm.selective_scan_fwd(
+            *args, reverse)
+        assert chunk_states.shape == (2, 3, 3, dstate)
+        for index, steps in enumerate((256, 512, 600)):
+            # The state after `steps` positions in scan order.
+            taken = (slice(length - steps, None) if reverse else
+                     slice(0, steps))
+            prefix = {
+                k: v[..., taken] if v is not None and v.dim() == 3 else v
+                for k, v in ref_inputs.items()
+            }
+            _, expected = selective_scan_reference(
+                **prefix, delta_softplus=True, return_last_state=True,
+                reverse=reverse)
+            error = relative_error(chunk_states[:, :, index], expected)
+            assert error < 1e-5, (f'reverse={reverse}: saved state {index} '
+                                  f'(after {steps} positions) is off by '
+                                  f'{error}')
+
+
+def test_forward_chunk_lengths_cover_the_sequence():
+    many = cuda_ops._MIN_SEQUENCES_FOR_ONE_CHUNK
+    assert cuda_ops._forward_chunk_length(many, 5000) == 5000
+    for sequences, length in [(1, 1), (6, 1031), (6144, 4097), (1536, 64000)]:
+        chunk = cuda_ops._forward_chunk_length(sequences, length)
+        assert 1 <= chunk <= length
+        assert chunk == length or chunk % cuda_ops._STATE_STRIDE == 0
+        # At least half the target thread count, unless every chunk is
+        # already one stride of saved states.
+        threads = sequences * -(-length // chunk)
+        strides = -(-length // cuda_ops._STATE_STRIDE)
+        assert 2 * threads >= min(cuda_ops._TARGET_FORWARD_THREADS,
+                                  sequences * strides)

@@ -130,9 +130,9 @@ def test_public_ops_forward_their_arguments(clean_dispatch):
     A = fake_cuda(-torch.rand(dim, state))
     B = fake_cuda(torch.randn(batch, state, 4))
     assert selective_scan(
-        u, u, A, B, B, return_last_state=True) == 'compiled'
+        u, u, A, B, B, return_last_state=True, reverse=True) == 'compiled'
     assert calls[-1] == ('selective_scan',
-                         (u, u, A, B, B, None, None, None, False, True))
+                         (u, u, A, B, B, None, None, None, False, True, True))
     u2d = fake_cuda(torch.randn(batch, dim, height, width))
     delta = fake_cuda(torch.randn(batch, 4, dim, height, width))
     A4 = fake_cuda(-torch.rand(4 * dim, state))

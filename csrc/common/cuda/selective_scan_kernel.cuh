@@ -5,10 +5,15 @@
 // per position, so a stretch of positions is solved by a parallel scan of
 // affine maps, and the state after it is carried to the next stretch.
 //
-// Forward: one block per sequence (batch element, direction, channel), each
-// thread owning kNItems consecutive positions of a chunk of
-// kNThreads * kNItems, solved by a block scan. It saves the state every
-// kChunkStateStride positions; nothing of size L * N is stored.
+// Forward, two kernels that save the state every kChunkStateStride
+// positions (nothing of size L * N is stored):
+// - thread kernel (dstate <= kThreadScanMaxStates): one thread per
+//   (sequence, chunk of positions) walks the recurrence with every state in
+//   registers, one exp per position and state; chunks of one sequence are
+//   joined through their end states from a zero start;
+// - block kernel (any dstate): one block per sequence (batch element,
+//   direction, channel), each thread owning kNItems consecutive positions
+//   of a chunk of kNThreads * kNItems, solved by a block scan.
 //
 // Backward, two kernels that recompute the states from the saved ones and
 // run the adjoint recurrence as a reverse scan:
@@ -214,8 +219,8 @@ __device__ __forceinline__ acc_t softplus(acc_t x) {
 template <bool kCross>
 __device__ __forceinline__ int sequence_position(int direction, int t,
                                                  const SelectiveScanParams &p) {
-  return kCross ? cross_position(direction, t, p.height, p.width, p.length)
-                : t;
+  if (kCross) return cross_position(direction, t, p.height, p.width, p.length);
+  return p.reverse ? p.length - 1 - t : t;
 }
 
 // Forward: one block per sequence; each thread owns kNItems consecutive
@@ -326,6 +331,308 @@ __global__ void __launch_bounds__(kNThreads)
         static_cast<T *>(p.out)[view.uz_offset + pos[i]] = from_acc<T>(out);
       }
     }
+  }
+}
+
+// Forward, one thread per (sequence, chunk of forward_chunk_length
+// positions): the thread walks its chunk position by position with all
+// states in registers (one exp per position and state, no scans). A block's
+// threads take consecutive channels of one segment (channels sharing their
+// groups of B and of C), so each tile of B/C is staged once in shared memory
+// and read as broadcasts; u, delta and z tiles are staged, and outputs
+// written back, with loads and stores along the rows of the (batch, dim,
+// length) layout. With several chunks per sequence a local pass first
+// stores each chunk's end state from a zero start and the sum of its steps;
+// the final pass composes those of the chunks before its own into its
+// start state.
+constexpr int kThreadScanChannels = 64;  // threads (channels) per block
+constexpr int kThreadScanTile = 32;      // positions staged at a time
+
+// Shared-memory layout of the thread-per-chunk forward kernel for kMaxN
+// register states (a power of two, at least dstate).
+template <typename acc_t, int kMaxN>
+struct ThreadScanLayout {
+  // States per vector load from shared memory (16 bytes at most).
+  static constexpr int kVec =
+      kMaxN < int(16 / sizeof(acc_t)) ? kMaxN : int(16 / sizeof(acc_t));
+  // Row stride of the B/C tiles: an odd number of vectors, so that the
+  // vector stores of a warp's lanes (one row each) hit distinct banks.
+  static constexpr int kRowStride =
+      (kMaxN / kVec) % 2 == 1 ? kMaxN : kMaxN + kVec;
+  // Rows of the B/C tiles: a position each for variable B/C, a channel each
+  // for constant ones.
+  static constexpr int kRows = kThreadScanTile > kThreadScanChannels
+                                   ? kThreadScanTile
+                                   : kThreadScanChannels;
+  // Row stride of the u/delta tiles (odd: a warp's lanes read one column).
+  static constexpr int kSeqStride = kThreadScanTile + 1;
+  static constexpr int kSeqElements = kThreadScanChannels * kSeqStride;
+  // u, step-size (overwritten with the output before the gate) and z tiles,
+  // then the B and C tiles.
+  static constexpr int kElements = 3 * kSeqElements + 2 * kRows * kRowStride;
+};
+
+template <typename acc_t, int kVec>
+struct alignas(sizeof(acc_t) * kVec) StateVector {
+  acc_t v[kVec];
+};
+
+__device__ __forceinline__ float exp2_acc(float x) { return exp2f(x); }
+__device__ __forceinline__ double exp2_acc(double x) { return exp2(x); }
+
+// Blocks per SM the register allocation must allow: up to 16 states, the
+// six that the shared memory of float tiles allows (so that a unrolled tile
+// load does not take registers that would cost blocks); more states need
+// their registers.
+template <int kMaxN>
+constexpr int thread_scan_min_blocks() {
+  return kMaxN <= 16 ? 6 : kMaxN <= 32 ? 4 : 1;
+}
+
+template <typename T, int kMaxN, bool kCross, bool kLocalPass>
+__global__ void __launch_bounds__(kThreadScanChannels,
+                                  thread_scan_min_blocks<kMaxN>())
+    selective_scan_fwd_thread_kernel(SelectiveScanParams p) {
+  using acc_t = typename AccumType<T>::type;
+  using Layout = ThreadScanLayout<acc_t, kMaxN>;
+  using Vector = StateVector<acc_t, Layout::kVec>;
+  constexpr int kVec = Layout::kVec;
+  constexpr int kRowStride = Layout::kRowStride;
+  constexpr int kSeqStride = Layout::kSeqStride;
+  constexpr int kTile = kThreadScanTile;
+  constexpr int kChannels = kThreadScanChannels;
+  static_assert(kChannels % kTile == 0, "lanes keep one position of a tile");
+  extern __shared__ __align__(16) unsigned char thread_scan_shared[];
+  acc_t *u_tile = reinterpret_cast<acc_t *>(thread_scan_shared);
+  acc_t *dt_tile = u_tile + Layout::kSeqElements;
+  acc_t *z_tile = dt_tile + Layout::kSeqElements;
+  acc_t *B_tile = z_tile + Layout::kSeqElements;
+  acc_t *C_tile = B_tile + Layout::kRows * kRowStride;
+
+  // This block: channels [first_channel, first_channel + num_channels) of
+  // one segment of direction `direction`, batch element blockIdx.y, chunk
+  // blockIdx.z.
+  const int dim = p.dim;
+  const int length = p.length;
+  const int dstate = p.dstate;
+  const int segment = p.channels_per_segment;
+  const int tiles_per_segment = (segment + kChannels - 1) / kChannels;
+  const int tiles_per_direction = (dim / segment) * tiles_per_segment;
+  const int direction = blockIdx.x / tiles_per_direction;
+  const int tile_index = blockIdx.x % tiles_per_direction;
+  const int in_segment = (tile_index % tiles_per_segment) * kChannels;
+  const int first_channel =
+      (tile_index / tiles_per_segment) * segment + in_segment;
+  const int num_channels = min(kChannels, segment - in_segment);
+  const int batch_index = blockIdx.y;
+  const int chunk = blockIdx.z;
+  const int t_begin = chunk * p.forward_chunk_length;
+  const int t_end = min(length, t_begin + p.forward_chunk_length);
+  const size_t row_length = length;
+  // Rows of this block's first channel; channel c of the block is c rows on.
+  const size_t uz_row0 = size_t(batch_index) * dim + first_channel;
+  const size_t seq0 = size_t(direction) * dim + first_channel;
+  const size_t delta_row0 = size_t(batch_index) * p.num_dirs * dim + seq0;
+  const T *u = static_cast<const T *>(p.u) + uz_row0 * row_length;
+  const T *delta = static_cast<const T *>(p.delta) + delta_row0 * row_length;
+  auto group_rows = [&](int num_groups) {
+    const int group =
+        direction * num_groups + first_channel / (dim / num_groups);
+    return (size_t(batch_index) * p.num_dirs * num_groups + group) * dstate *
+           row_length;
+  };
+  const T *B_var = static_cast<const T *>(p.B) + group_rows(p.num_groups_B);
+  const T *C_var = static_cast<const T *>(p.C) + group_rows(p.num_groups_C);
+  const acc_t *delta_bias = static_cast<const acc_t *>(p.delta_bias);
+
+  // This thread's channel; threads past the segment alias the block's first
+  // channel, compute on zeros and store nothing.
+  const int lane_channel = threadIdx.x;
+  const bool active = lane_channel < num_channels;
+  const size_t seq = seq0 + (active ? lane_channel : 0);
+  const size_t state_row = size_t(batch_index) * p.num_dirs * dim + seq;
+  const acc_t D = p.D ? static_cast<const acc_t *>(p.D)[seq] : acc_t(0);
+  // A in base-2 exponent units: exp(dt * A) = exp2(dt * A * log2(e)).
+  constexpr acc_t kLog2e = acc_t(1.4426950408889634);
+  acc_t A2[kMaxN];
+#pragma unroll
+  for (int n = 0; n < kMaxN; ++n)
+    A2[n] = n < dstate ? static_cast<const acc_t *>(p.A)[seq * dstate + n] *
+                             kLog2e
+                       : acc_t(0);
+
+  acc_t h[kMaxN];
+#pragma unroll
+  for (int n = 0; n < kMaxN; ++n) h[n] = acc_t(0);
+  if (!kLocalPass && chunk > 0) {
+    // Compose the chunks before this one: h <- exp(A * steps) h + end state.
+    const size_t num_saved = p.num_forward_chunks - 1;
+    const acc_t *end_states = static_cast<const acc_t *>(p.chunk_end_states) +
+                              state_row * num_saved * dstate;
+    const acc_t *step_sums =
+        static_cast<const acc_t *>(p.chunk_step_sums) + state_row * num_saved;
+    for (int before = 0; before < chunk; ++before) {
+      const acc_t steps = step_sums[before];
+#pragma unroll
+      for (int n = 0; n < kMaxN; ++n) {
+        if (n < dstate)
+          h[n] = exp2_acc(steps * A2[n]) * h[n] +
+                 end_states[size_t(before) * dstate + n];
+      }
+    }
+  }
+
+  // Constant B/C: one row per channel, staged once.
+  for (int i = threadIdx.x; i < kChannels * kMaxN; i += kChannels) {
+    const int c = i / kMaxN, n = i % kMaxN;
+    const bool valid = c < num_channels && n < dstate;
+    if (!p.var_B)
+      B_tile[c * kRowStride + n] =
+          valid ? static_cast<const acc_t *>(p.B)[(seq0 + c) * dstate + n]
+                : acc_t(0);
+    if (!p.var_C && !kLocalPass)
+      C_tile[c * kRowStride + n] =
+          valid ? static_cast<const acc_t *>(p.C)[(seq0 + c) * dstate + n]
+                : acc_t(0);
+  }
+
+  acc_t step_sum = acc_t(0);
+  acc_t *chunk_states = static_cast<acc_t *>(p.chunk_states) +
+                        state_row * p.num_chunks * dstate;
+  const acc_t *u_row = u_tile + lane_channel * kSeqStride;
+  acc_t *dt_row = dt_tile + lane_channel * kSeqStride;
+  // Staging and output stores: every lane keeps one position j of the tile
+  // and takes every (kChannels / kTile)-th channel row (or state vector).
+  const int lane_position = threadIdx.x % kTile;
+  const int first_row = threadIdx.x / kTile;
+  constexpr int kRowStep = kChannels / kTile;
+  for (int t0 = t_begin; t0 < t_end; t0 += kTile) {
+    const int tile_length = min(kTile, t_end - t0);
+    const bool valid_position = lane_position < tile_length;
+    const int pos = valid_position
+                        ? sequence_position<kCross>(direction,
+                                                    t0 + lane_position, p)
+                        : 0;
+    // The previous tile's outputs have been read out of the tiles.
+    __syncthreads();
+    // Unrolled so that many loads of a tile are in flight at once.
+#pragma unroll 16
+    for (int k = 0; k < kChannels / kRowStep; ++k) {
+      const int c = first_row + k * kRowStep;
+      const bool valid = valid_position && c < num_channels;
+      acc_t u_val = acc_t(0), dt = acc_t(0), z = acc_t(0);
+      if (valid) {
+        u_val = to_acc<acc_t>(u[c * row_length + pos]);
+        const acc_t raw = to_acc<acc_t>(delta[c * row_length + pos]) +
+                          (delta_bias ? delta_bias[seq0 + c] : acc_t(0));
+        dt = p.delta_softplus ? softplus(raw) : raw;
+        if (!kLocalPass && p.z)
+          z = to_acc<acc_t>(static_cast<const T *>(p.z)[(uz_row0 + c) *
+                                                           row_length + pos]);
+      }
+      u_tile[c * kSeqStride + lane_position] = u_val;
+      dt_tile[c * kSeqStride + lane_position] = dt;
+      if (!kLocalPass) z_tile[c * kSeqStride + lane_position] = z;
+    }
+    if (p.var_B || (p.var_C && !kLocalPass)) {
+      // Coalesced along the rows of B/C; kVec states of one position each.
+      constexpr int kVectors = kMaxN / kVec;
+#pragma unroll
+      for (int k = 0; k < (kVectors + kRowStep - 1) / kRowStep; ++k) {
+        const int v = first_row + k * kRowStep;
+        if (kVectors % kRowStep != 0 && v >= kVectors) break;
+        const int first_state = v * kVec;
+        Vector B_vals, C_vals;
+#pragma unroll
+        for (int q = 0; q < kVec; ++q) {
+          const int n = first_state + q;
+          const bool valid = valid_position && n < dstate;
+          const size_t at = size_t(n) * row_length + pos;
+          B_vals.v[q] = valid && p.var_B ? to_acc<acc_t>(B_var[at]) : acc_t(0);
+          C_vals.v[q] = valid && p.var_C && !kLocalPass
+                            ? to_acc<acc_t>(C_var[at])
+                            : acc_t(0);
+        }
+        if (p.var_B)
+          *reinterpret_cast<Vector *>(B_tile + lane_position * kRowStride +
+                                      first_state) = B_vals;
+        if (p.var_C && !kLocalPass)
+          *reinterpret_cast<Vector *>(C_tile + lane_position * kRowStride +
+                                      first_state) = C_vals;
+      }
+    }
+    __syncthreads();
+
+    for (int j = 0; j < tile_length; ++j) {
+      const acc_t dt = dt_row[j];
+      const acc_t u_val = u_row[j];
+      const acc_t drive = dt * u_val;
+      const acc_t *B_row =
+          B_tile + (p.var_B ? j : lane_channel) * kRowStride;
+      const acc_t *C_row =
+          C_tile + (p.var_C ? j : lane_channel) * kRowStride;
+      acc_t y = D * u_val;
+#pragma unroll
+      for (int v = 0; v < kMaxN / kVec; ++v) {
+        const Vector B_vals =
+            *reinterpret_cast<const Vector *>(B_row + v * kVec);
+        Vector C_vals;
+        if (!kLocalPass)
+          C_vals = *reinterpret_cast<const Vector *>(C_row + v * kVec);
+#pragma unroll
+        for (int q = 0; q < kVec; ++q) {
+          const int n = v * kVec + q;
+          h[n] = exp2_acc(dt * A2[n]) * h[n] + drive * B_vals.v[q];
+          if (!kLocalPass) y += C_vals.v[q] * h[n];
+        }
+      }
+      if (kLocalPass) {
+        step_sum += dt;
+      } else {
+        dt_row[j] = y;  // read back by the output stores below
+        // The backward pass restarts from the state after every
+        // kChunkStateStride positions and after the last one.
+        const int t = t0 + j;
+        if (active && ((t + 1) % kChunkStateStride == 0 || t == length - 1)) {
+#pragma unroll
+          for (int n = 0; n < kMaxN; ++n)
+            if (n < dstate)
+              chunk_states[(t / kChunkStateStride) * dstate + n] = h[n];
+        }
+      }
+    }
+
+    if (!kLocalPass) {
+      __syncthreads();
+#pragma unroll 4
+      for (int k = 0; k < kChannels / kRowStep; ++k) {
+        const int c = first_row + k * kRowStep;
+        if (!valid_position || c >= num_channels) continue;
+        acc_t out = dt_tile[c * kSeqStride + lane_position];
+        const size_t at = (uz_row0 + c) * row_length + pos;
+        if (p.z) {
+          const acc_t z = z_tile[c * kSeqStride + lane_position];
+          static_cast<T *>(p.y_pregate)[at] = from_acc<T>(out);
+          out *= z / (acc_t(1) + exp_acc(-z));
+        }
+        if (kCross) {
+          atomicAdd(static_cast<acc_t *>(p.out) + at, out);
+        } else {
+          static_cast<T *>(p.out)[at] = from_acc<T>(out);
+        }
+      }
+    }
+  }
+
+  if (kLocalPass && active) {
+    const size_t num_saved = p.num_forward_chunks - 1;
+    acc_t *end_states = static_cast<acc_t *>(p.chunk_end_states) +
+                        (state_row * num_saved + chunk) * dstate;
+#pragma unroll
+    for (int n = 0; n < kMaxN; ++n)
+      if (n < dstate) end_states[n] = h[n];
+    static_cast<acc_t *>(p.chunk_step_sums)[state_row * num_saved + chunk] =
+        step_sum;
   }
 }
 
@@ -605,10 +912,7 @@ __global__ void __launch_bounds__(kNThreads)
     for (int i = 0; i < kNItems; ++i) {
       const int t = t0 + i;
       valid[i] = t < length;
-      pos[i] = !valid[i] ? 0
-               : kCross  ? cross_position(view.direction, t, p.height,
-                                          p.width, length)
-                         : t;
+      pos[i] = valid[i] ? sequence_position<kCross>(view.direction, t, p) : 0;
       u_val[i] = valid[i] ? to_acc<acc_t>(u[pos[i]]) : acc_t(0);
       raw[i] = valid[i] ? to_acc<acc_t>(delta[pos[i]]) + delta_bias : acc_t(0);
       dt[i] = !valid[i] ? acc_t(0) : p.delta_softplus ? softplus(raw[i]) : raw[i];

@@ -49,6 +49,56 @@ void launch_block_layout(const SelectiveScanParams &params, bool backward) {
   }
 }
 
+template <typename T, int kMaxN, bool kCross>
+void launch_thread_forward_states(const SelectiveScanParams &params) {
+  using acc_t = typename AccumType<T>::type;
+  const int segment = params.channels_per_segment;
+  const int tiles_per_segment =
+      (segment + kThreadScanChannels - 1) / kThreadScanChannels;
+  const size_t shared_bytes =
+      ThreadScanLayout<acc_t, kMaxN>::kElements * sizeof(acc_t);
+  dim3 grid(params.num_dirs * (params.dim / segment) * tiles_per_segment,
+            params.batch, params.num_forward_chunks);
+  if (params.num_forward_chunks > 1) {
+    // The last chunk's end state is never composed: no local pass for it.
+    grid.z = params.num_forward_chunks - 1;
+    launch_with_shared_memory(
+        selective_scan_fwd_thread_kernel<T, kMaxN, kCross, true>, grid,
+        kThreadScanChannels, shared_bytes, params);
+    grid.z = params.num_forward_chunks;
+  }
+  launch_with_shared_memory(
+      selective_scan_fwd_thread_kernel<T, kMaxN, kCross, false>, grid,
+      kThreadScanChannels, shared_bytes, params);
+}
+
+// The thread-per-chunk forward for the smallest compiled number of register
+// states that holds dstate.
+template <typename T, bool kCross>
+void launch_thread_forward(const SelectiveScanParams &params) {
+  static_assert(kThreadScanMaxStates == 64, "compiled state counts below");
+  const int dstate = params.dstate;
+  if (dstate <= 1) {
+    launch_thread_forward_states<T, 1, kCross>(params);
+  } else if (dstate <= 2) {
+    launch_thread_forward_states<T, 2, kCross>(params);
+  } else if (dstate <= 4) {
+    launch_thread_forward_states<T, 4, kCross>(params);
+  } else if (dstate <= 8) {
+    launch_thread_forward_states<T, 8, kCross>(params);
+  } else if (dstate <= 16) {
+    launch_thread_forward_states<T, 16, kCross>(params);
+  } else if (dstate <= 32) {
+    launch_thread_forward_states<T, 32, kCross>(params);
+  } else if (dstate <= 64) {
+    launch_thread_forward_states<T, 64, kCross>(params);
+  } else {
+    TORCH_CHECK(false, "selective scan: the thread-per-chunk forward kernel "
+                "holds at most ", kThreadScanMaxStates, " states, got dstate ",
+                dstate);
+  }
+}
+
 template <typename T, bool kCross>
 void launch_warp_backward(const SelectiveScanParams &params) {
   using acc_t = typename AccumType<T>::type;
@@ -69,7 +119,9 @@ void launch_scan(const SelectiveScanParams &params, ScanLayout layout,
   TORCH_CHECK(is_compiled_scan_config(layout, backward, num_threads, num_items),
               "selective scan: no kernel compiled for ", num_threads,
               " threads x ", num_items, " items per thread");
-  if (layout == ScanLayout::kWarpPerSequence) {
+  if (layout == ScanLayout::kThreadPerChunk) {
+    launch_thread_forward<T, kCross>(params);
+  } else if (layout == ScanLayout::kWarpPerSequence) {
     launch_warp_backward<T, kCross>(params);
   } else if (num_threads == 32) {
     launch_block_layout<T, 32, 4, kCross>(params, backward);

@@ -61,6 +61,8 @@ class BidirectionalMambaMixer(nn.Module):
     ``y = selective_scan(u, dt_proj.weight @ dt, -exp(A_log), B, C, D, z,
     delta_bias=dt_proj.bias, softplus)``; the output is
     ``out_proj((y_fwd + flip(y_bwd)) / 2)`` (the authors' ``if_divide_out``).
+    mmssm computes the backward direction with an anti-causal convolution and
+    a reversed scan in place of the flips (the same function).
     Parameter names and initialisation follow the authors' ``Mamba`` with
     ``bimamba_type='v2'``; backward-direction parameters carry ``_b``.
 
@@ -127,13 +129,16 @@ class BidirectionalMambaMixer(nn.Module):
             dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
         return dt_proj
 
-    def _scan(self, x: Tensor, z: Tensor, suffix: str) -> Tensor:
+    def _scan(self, x: Tensor, z: Tensor, suffix: str,
+              reverse: bool) -> Tensor:
         """One direction: conv, projections and gated selective scan.
 
         Args:
-            x: ``(B, E, L)`` scan input before the convolution.
+            x: ``(B, E, L)`` scan input before the convolution (any strides).
             z: ``(B, E, L)`` gate.
             suffix: ``''`` (forward) or ``'_b'`` (backward parameters).
+            reverse: Scan from the last position to the first (the backward
+                direction, computed in place of the authors' flips).
 
         Returns:
             ``(B, E, L)``.
@@ -141,23 +146,27 @@ class BidirectionalMambaMixer(nn.Module):
         conv = getattr(self, 'conv1d' + suffix)
         dt_proj = getattr(self, 'dt_proj' + suffix)
         a_log = getattr(self, 'A' + suffix + '_log')
-        u = F.silu(causal_depthwise_conv1d(x, conv.weight, conv.bias))
-        projected = getattr(self, 'x_proj' + suffix)(u.transpose(1, 2))
+        u = F.silu(
+            causal_depthwise_conv1d(x, conv.weight, conv.bias, reverse))
+        # Projections applied as W @ u keep the (B, channels, L) layout the
+        # scan reads, so no transposed copy of u or delta is made.
+        projected = torch.matmul(getattr(self, 'x_proj' + suffix).weight, u)
         dt, state_in, state_out = projected.split(
-            [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, dt_proj.weight).transpose(1, 2)
+            [self.dt_rank, self.d_state, self.d_state], dim=1)
+        delta = torch.matmul(dt_proj.weight, dt)
         # A is formed in float32 or wider, as the authors do.
         a = -torch.exp(a_log.to(residual_dtype(a_log.dtype)))
         return selective_scan(
             u,
             delta,
             a,
-            state_in.transpose(1, 2),
-            state_out.transpose(1, 2),
+            state_in,
+            state_out,
             D=getattr(self, 'D' + suffix),
             z=z,
             delta_bias=dt_proj.bias,
-            delta_softplus=True)
+            delta_softplus=True,
+            reverse=reverse)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """Mix a token sequence.
@@ -169,8 +178,10 @@ class BidirectionalMambaMixer(nn.Module):
             ``(B, L, C)``.
         """
         x, z = self.in_proj(tokens).transpose(1, 2).chunk(2, dim=1)
-        forward = self._scan(x, z, '')
-        backward = self._scan(x.flip(-1), z.flip(-1), '_b').flip(-1)
+        # One contiguous gate serves both directions.
+        z = z.contiguous()
+        forward = self._scan(x, z, '', reverse=False)
+        backward = self._scan(x, z, '_b', reverse=True)
         return self.out_proj(((forward + backward) / 2).transpose(1, 2))
 
 

@@ -255,9 +255,9 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` (..., dims)."""
         compute = x.to(residual_dtype(x.dtype))
-        normed = compute * torch.rsqrt(
-            compute.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (normed * self.weight.to(compute.dtype)).to(x.dtype)
+        normed = F.rms_norm(compute, (compute.shape[-1], ),
+                            self.weight.to(compute.dtype), self.eps)
+        return normed.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f'{self.weight.shape[0]}, eps={self.eps}'
@@ -328,19 +328,28 @@ def drop_path_rates(drop_path_rate: float, depth: int) -> List[float]:
     return [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
 
 
-def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor,
-                            bias: Optional[torch.Tensor]) -> torch.Tensor:
+def causal_depthwise_conv1d(x: torch.Tensor,
+                            weight: torch.Tensor,
+                            bias: Optional[torch.Tensor],
+                            reverse: bool = False) -> torch.Tensor:
     """Depthwise convolution where position ``t`` sees ``t - K + 1 .. t``.
 
     Equals Mamba's ``causal_conv1d_fn`` without activation, i.e. its
-    ``Conv1d(padding=K - 1)`` truncated to the first ``L`` outputs. Computed
-    as a sum of ``K`` shifted, per-channel scaled copies: PyTorch's CPU
-    depthwise ``conv1d`` is ~25x slower in float32 and ~1000x in float64.
+    ``Conv1d(padding=K - 1)`` truncated to the first ``L`` outputs. With
+    ``reverse=True`` it is the same convolution run over the reversed
+    sequence and reversed back (position ``t`` sees ``t .. t + K - 1``), as
+    Vim's backward direction needs, without materialising either flip.
+
+    On the GPU this is one cuDNN depthwise ``conv1d`` (under autocast in the
+    autocast dtype). On the CPU it is a sum of ``K`` shifted, per-channel
+    scaled copies: PyTorch's CPU depthwise ``conv1d`` is ~25x slower in
+    float32 and ~1000x in float64.
 
     Args:
-        x: ``(B, D, L)``.
+        x: ``(B, D, L)``; any strides.
         weight: ``(D, 1, K)`` (an ``nn.Conv1d(D, D, K, groups=D)`` weight).
         bias: ``(D,)`` or None.
+        reverse: Anti-causal: see the sequence from the end.
 
     Returns:
         ``(B, D, L)``.
@@ -350,9 +359,15 @@ def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor,
         raise ValueError(f'x must have shape (B, {channels}, L) to match '
                          f'weight {tuple(weight.shape)}, got {tuple(x.shape)}')
     length = x.shape[-1]
-    padded = F.pad(x, (kernel - 1, 0))
-    taps = weight[:, 0].unsqueeze(-1)
-    out = sum(padded[..., k:k + length] * taps[:, k]
+    # Reversed, the sequence is read from the other side with the taps in
+    # the opposite order: out[t] = sum_k w[k] x[t + K - 1 - k].
+    taps = weight.flip(-1) if reverse else weight
+    if x.is_cuda:
+        out = F.conv1d(x, taps, bias, padding=kernel - 1, groups=channels)
+        return out[..., kernel - 1:] if reverse else out[..., :length]
+    padded = F.pad(x, (0, kernel - 1) if reverse else (kernel - 1, 0))
+    scales = taps[:, 0].unsqueeze(-1)
+    out = sum(padded[..., k:k + length] * scales[:, k]
               for k in range(kernel))
     return out if bias is None else out + bias.unsqueeze(-1)
 
