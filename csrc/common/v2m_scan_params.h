@@ -6,6 +6,12 @@
 
 #include <cstdint>
 
+#if defined(__CUDACC__)
+#define MMSSM_HOST_DEVICE __host__ __device__
+#else
+#define MMSSM_HOST_DEVICE
+#endif
+
 namespace mmssm {
 
 // Layouts (spatial, as mmssm.ops.v2m_corner_scan):
@@ -15,12 +21,11 @@ namespace mmssm {
 //   A: (K * dim, dstate); D, delta_bias: (K * dim)
 //
 // A line is a row (axis row) or a column (axis col) of the map; corner k
-// walks it backwards where bit k of `backwards_mask` is set. A thread owns
-// one (channel, state) pair of one line of one corner and batch element and
-// walks the line sequentially; the 32 lanes of a warp hold consecutive
-// channels, `lanes_per_channel` (dstate rounded up to a power of two) lanes
-// each. Grid: x = channel groups of kV2MWarps warps, y = lines,
-// z = batch * K.
+// walks it backwards where bit k of `backwards_mask` is set. A block owns
+// one (batch, corner), `block_channels` consecutive channels and
+// `block_lines` consecutive lines; its thread c * block_lines + l owns
+// channel c and line l of them with all their states. Grid: x = channel
+// tiles, y = line tiles, z = batch * K.
 //
 // Pointers to weights (A, D, delta_bias, constant B/C), to chunk states and
 // to gradients of weights, of u, of z and of B/C point to the accumulation
@@ -33,8 +38,13 @@ struct V2MScanParams {
   int height = 0;
   int width = 0;
   int dstate = 0;
-  int lanes_per_channel = 1;
   int num_chunks = 1;  // ceil(length / kV2MChunk)
+  int block_lines = 1;
+  // ceil(2^32 / block_lines) for block_lines > 1 (v2m_line_magic): the
+  // kernels divide by block_lines with a multiply-high.
+  unsigned line_magic = 0;
+  int block_channels = 1;
+  int state_group = 1;  // states whose per-pixel B/C are staged at once
   bool axis_col = false;
   int64_t backwards_mask = 0;
   bool shared_u = false;
@@ -54,7 +64,8 @@ struct V2MScanParams {
 
   void *out = nullptr;
   // State at the start of every chunk but the first:
-  // (batch, K, lines, num_chunks - 1, dim, dstate).
+  // (batch, K, num_chunks - 1, dstate, dim, lines), lines innermost so that
+  // neighbouring threads of a block touch neighbouring addresses.
   void *chunk_states = nullptr;
 
   // Backward.
@@ -69,14 +80,88 @@ struct V2MScanParams {
   void *ddelta_bias = nullptr;
 };
 
-// Positions per chunk: the backward pass recomputes one chunk's states in
-// registers from the state saved at its start.
+// Positions per chunk: a block stages one chunk of every line it owns in
+// shared memory at a time, and the backward pass recomputes one chunk's
+// states in registers from the state saved at its start.
 constexpr int kV2MChunk = 16;
-constexpr int kV2MWarps = 4;
+// Row stride of a staged tile (one row per line and channel or state):
+// odd, so that threads reading one position of different rows hit
+// different banks.
+constexpr int kV2MTileStride = kV2MChunk + 1;
+constexpr int kV2MMaxLinesPerBlock = 16;
+constexpr int kV2MMaxThreads = 128;
+constexpr int kV2MMaxStateGroup = 4;
+// States live in shared memory per thread (carried state, chunk start,
+// weight gradients): the bound keeps a block of them within shared memory.
+constexpr int kV2MMaxStates = 64;
+
+// Offsets (in accumulation-type elements) of the arrays of a block's
+// dynamic shared memory; absent arrays have size 0.
+struct V2MSharedLayout {
+  int u, delta, z, dout;  // per-channel tiles: threads rows
+  int B, C;               // per-pixel B/C of state_group states
+  int dB, dC;             // per-thread dB/dC of one state, summed later
+  int carry;              // per state and thread: h (forward), a g (backward)
+  int starts;             // per state and thread: h at the chunk start
+  int A, B_const, C_const;     // weights per block channel and state
+  int dA, dB_const, dC_const;  // their gradients per state and thread
+  int total;
+};
+
+MMSSM_HOST_DEVICE inline V2MSharedLayout v2m_shared_layout(
+    const V2MScanParams &p, bool backward) {
+  const int threads = p.block_channels * p.block_lines;
+  const int tile = threads * kV2MTileStride;
+  const int matrix_tile = p.state_group * p.block_lines * kV2MTileStride;
+  const int per_channel_state = p.block_channels * p.dstate;
+  const bool has_z = p.z != nullptr;
+  V2MSharedLayout layout;
+  int offset = 0;
+  layout.u = offset;
+  offset += tile;
+  layout.delta = offset;
+  offset += tile;
+  layout.z = offset;
+  offset += has_z ? tile : 0;
+  layout.dout = offset;
+  offset += backward ? tile : 0;
+  layout.B = offset;
+  offset += p.var_B ? matrix_tile : 0;
+  layout.C = offset;
+  offset += p.var_C ? matrix_tile : 0;
+  layout.dB = offset;
+  offset += backward && p.var_B ? tile : 0;
+  layout.dC = offset;
+  offset += backward && p.var_C ? tile : 0;
+  layout.carry = offset;
+  offset += p.dstate * threads;
+  layout.starts = offset;
+  offset += backward ? p.dstate * threads : 0;
+  layout.A = offset;
+  offset += per_channel_state;
+  layout.B_const = offset;
+  offset += p.var_B ? 0 : per_channel_state;
+  layout.C_const = offset;
+  offset += p.var_C ? 0 : per_channel_state;
+  layout.dA = offset;
+  offset += backward ? p.dstate * threads : 0;
+  layout.dB_const = offset;
+  offset += backward && !p.var_B ? p.dstate * threads : 0;
+  layout.dC_const = offset;
+  offset += backward && !p.var_C ? p.dstate * threads : 0;
+  layout.total = offset;
+  return layout;
+}
+
+// The multiplier of V2MScanParams::line_magic for `lines` > 1.
+inline unsigned v2m_line_magic(int lines) {
+  return static_cast<unsigned>(((uint64_t{1} << 32) + lines - 1) / lines);
+}
 
 // Launches the forward (or backward) kernel for element type T on the
 // current CUDA stream; instantiated per type in
-// csrc/pytorch/cuda/v2m_corner_scan_*.cu.
+// csrc/pytorch/cuda/v2m_corner_scan_*.cu. The block shape fields of params
+// (block_lines, block_channels, state_group) are chosen here.
 template <typename T>
 void v2m_corner_scan_launch(const V2MScanParams &params, bool backward);
 

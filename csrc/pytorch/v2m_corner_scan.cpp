@@ -63,8 +63,12 @@ V2MScanParams make_v2m_params(const at::Tensor &u, const at::Tensor &delta,
               "at most 65535, got ", batch * corners);
   TORCH_CHECK((axis_col ? width : height) <= 65535, "v2m corner scan: at "
               "most 65535 lines, got ", axis_col ? width : height);
-  TORCH_CHECK(dstate >= 1 && dstate <= 32, "v2m corner scan: the state size "
-              "N (A.size(1)) must be in [1, 32], got ", dstate);
+  TORCH_CHECK(height * width < (int64_t{1} << 31), "v2m corner scan: a map "
+              "must have fewer than 2^31 pixels (32-bit offsets within a "
+              "plane), got ", height, " x ", width);
+  TORCH_CHECK(dstate >= 1 && dstate <= kV2MMaxStates, "v2m corner scan: the "
+              "state size N (A.size(1)) must be in [1, ", kV2MMaxStates,
+              "], got ", dstate);
   const auto acc = v2m_accum_type(dtype);
   const std::vector<int64_t> per_corner{batch, corners, dim, height, width};
   const std::vector<int64_t> shared{batch, dim, height, width};
@@ -100,9 +104,6 @@ V2MScanParams make_v2m_params(const at::Tensor &u, const at::Tensor &delta,
   params.height = height;
   params.width = width;
   params.dstate = dstate;
-  int lanes = 1;
-  while (lanes < dstate) lanes <<= 1;
-  params.lanes_per_channel = lanes;
   const int64_t length = axis_col ? height : width;
   params.num_chunks = (length + kV2MChunk - 1) / kV2MChunk;
   params.axis_col = axis_col;
@@ -121,9 +122,9 @@ V2MScanParams make_v2m_params(const at::Tensor &u, const at::Tensor &delta,
 }
 
 std::vector<int64_t> chunk_states_shape(const V2MScanParams &params) {
-  return {params.batch, params.corners,
-          params.axis_col ? params.width : params.height,
-          params.num_chunks - 1, params.dim, params.dstate};
+  return {params.batch, params.corners, params.num_chunks - 1,
+          params.dstate, params.dim,
+          params.axis_col ? params.width : params.height};
 }
 
 void launch_v2m(const V2MScanParams &params, at::ScalarType dtype,

@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 import pytest
 import torch
@@ -49,15 +49,27 @@ def sample(shape: Sequence[int], scale: float = 1.0, shift: float = 0.0,
             shift).transpose(-1, -2)
 
 
-def corner_inputs(batch: int, dim: int, height: int, width: int, dstate: int,
-                  corners: Sequence[str], variable: str, shared_u: bool,
-                  with_options: bool = True,
-                  contiguous: bool = True) -> Dict[str, Optional[Tensor]]:
+def corner_inputs(
+        batch: int,
+        dim: int,
+        height: int,
+        width: int,
+        dstate: int,
+        corners: Sequence[str],
+        variable: str,
+        shared_u: bool,
+        with_options: bool = True,
+        contiguous: bool = True,
+        shared_z: Optional[bool] = None) -> Dict[str, Optional[Tensor]]:
     """Inputs of one pass; ``variable``: which of B and C is per pixel
-    ('B': the row pass of the V2M mixer, 'C': its column pass, 'both')."""
+    ('B': the row pass of the V2M mixer, 'C': its column pass, 'both',
+    'none'); z is shared like u unless ``shared_z`` says otherwise."""
     k = len(corners)
     spatial = (height, width)
     u_shape = (batch, dim, *spatial) if shared_u else (batch, k, dim,
+                                                       *spatial)
+    shared_z = shared_u if shared_z is None else shared_z
+    z_shape = (batch, dim, *spatial) if shared_z else (batch, k, dim,
                                                        *spatial)
 
     def matrix(per_pixel: bool) -> Tensor:
@@ -72,15 +84,16 @@ def corner_inputs(batch: int, dim: int, height: int, width: int, dstate: int,
         'B': matrix(variable in ('B', 'both')),
         'C': matrix(variable in ('C', 'both')),
         'D': sample((k * dim, )) if with_options else None,
-        'z': sample(u_shape) if with_options else None,
+        'z': sample(z_shape) if with_options else None,
         'delta_bias': sample((k * dim, ), 0.3) if with_options else None,
     }
 
 
 def errors_against_reference(inputs: Dict[str, Optional[Tensor]],
                              dtype: torch.dtype,
-                             **kwargs) -> Dict[str, float]:
-    """Relative errors of the output and of every input gradient.
+                             **kwargs) -> Dict[str, Union[float, str]]:
+    """Relative errors of the output and of every input gradient, and where
+    the worst element of a tensor over the tolerance lies.
 
     Activations are cast to ``dtype`` (weights and constant B/C stay
     float32, or float64) for the compiled op and the same values to float64
@@ -112,11 +125,32 @@ def errors_against_reference(inputs: Dict[str, Optional[Tensor]],
             if expected_grad is None:
                 expected_grad = torch.zeros_like(ref[name])
             errors['d' + name] = relative_error(value.grad, expected_grad)
+            if not errors['d' + name] <= TOLERANCES[dtype]:
+                errors['worst d' + name] = worst_element(
+                    value.grad, expected_grad)
+    if not errors['out'] <= TOLERANCES[dtype]:
+        errors['worst out'] = worst_element(out, expected)
     return errors
 
 
-def assert_close(errors: Dict[str, float], dtype: torch.dtype) -> None:
-    bad = {k: v for k, v in errors.items() if not v <= TOLERANCES[dtype]}
+def worst_element(actual: Tensor, expected: Tensor) -> str:
+    """Index and values of the largest absolute difference, for messages."""
+    difference = (actual.double() - expected.double()).abs()
+    difference = torch.nan_to_num(difference, nan=float('inf'))
+    index = tuple(
+        int(i) for i in torch.unravel_index(difference.argmax(),
+                                            difference.shape))
+    return (f'{index}: {actual[index].item():.6g} vs '
+            f'{expected[index].item():.6g}')
+
+
+def assert_close(errors: Dict[str, Union[float, str]],
+                 dtype: torch.dtype) -> None:
+    bad = {
+        k: v
+        for k, v in errors.items()
+        if isinstance(v, str) or not v <= TOLERANCES[dtype]
+    }
     assert not bad, f'{dtype}: relative errors over {TOLERANCES[dtype]}: ' \
         f'{bad} (all: {errors})'
 
@@ -167,6 +201,76 @@ def test_v2m_scan_shared_gate():
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize(
+    'dstate,dim,height,width,axis,variable,dtype',
+    [
+        # A block owns at most 16 lines and 128 threads, stages 16
+        # positions at a time and 4 states' B/C at a time. 35 lines: 3 line
+        # tiles of 12; 37 positions: 3 chunks; 9 states: groups of 4, 4, 1;
+        # 20 channels of 12 lines: tiles of 10 channels.
+        (9, 20, 35, 37, 'row', 'both', torch.float32),
+        (5, 20, 37, 35, 'col', 'both', torch.float32),
+        # Constant B and C: their gradients are summed in shared memory.
+        (6, 11, 17, 33, 'col', 'none', torch.float32),
+        (6, 11, 33, 17, 'row', 'none', torch.float64),
+        # Large state sizes: the most shared memory per block (in float64
+        # the launcher gives a block fewer channels to fit).
+        (32, 9, 18, 20, 'row', 'B', torch.float64),
+        (32, 9, 20, 18, 'col', 'C', torch.bfloat16),
+        (64, 10, 17, 16, 'col', 'both', torch.float32),
+        (64, 10, 16, 17, 'row', 'none', torch.float64),
+        # One channel: a block of one channel row.
+        (1, 1, 23, 40, 'col', 'both', torch.float16),
+    ])
+def test_v2m_scan_tiles_chunks_and_state_groups(dstate, dim, height, width,
+                                                axis, variable, dtype):
+    corners = ('bl', 'tr', 'br')
+    inputs = corner_inputs(2, dim, height, width, dstate, corners, variable,
+                           shared_u=axis == 'row', shared_z=axis == 'col')
+    errors = errors_against_reference(inputs, dtype, delta_softplus=True,
+                                      axis=axis, corners=corners)
+    assert_close(errors, dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('axis', ['row', 'col'])
+@pytest.mark.parametrize('lines,length', [(2, 16), (3, 32), (13, 17),
+                                          (16, 15), (17, 48), (31, 31),
+                                          (47, 33)])
+def test_v2m_scan_line_tiles_and_chunk_edges(axis, lines, length):
+    # The kernels split element indices by the block's line count with a
+    # multiply-high (tiles of 2, 3, 13, 16, 9 and 16 lines here) and
+    # keep tiles in walk order, a short last chunk's columns wrapping past
+    # its size for backwards corners: lengths on, just past and just short
+    # of chunk edges (16 positions) for all four corners.
+    height, width = (lines, length) if axis == 'row' else (length, lines)
+    inputs = corner_inputs(1, 3, height, width, 2, ALL_CORNERS, 'both',
+                           shared_u=axis == 'row')
+    errors = errors_against_reference(inputs, torch.float32,
+                                      delta_softplus=True, axis=axis,
+                                      corners=ALL_CORNERS)
+    assert_close(errors, torch.float32)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('dim,side,dstate,variable,axis', [
+    (96, 56, 1, 'B', 'row'),
+    (96, 56, 1, 'C', 'col'),
+    (768, 14, 16, 'B', 'row'),
+    (768, 14, 16, 'C', 'col'),
+])
+def test_v2m_scan_model_shapes(dim, side, dstate, variable, axis):
+    # The passes of V2M-S* stage 1 (56 x 56: 4 line tiles of 14, 4
+    # chunks) and of V2M-S plain (14 x 14, N = 16), batch 1, in bfloat16.
+    inputs = corner_inputs(1, dim, side, side, dstate, ALL_CORNERS, variable,
+                           shared_u=axis == 'row')
+    errors = errors_against_reference(inputs, torch.bfloat16,
+                                      delta_softplus=True, axis=axis,
+                                      corners=ALL_CORNERS)
+    assert_close(errors, torch.bfloat16)
+
+
+@pytest.mark.cuda
 def test_v2m_public_op_dispatches_to_kernel():
     assert compiled_ops_available()
     assert backend('v2m_corner_scan') == 'cuda'
@@ -214,7 +318,16 @@ def test_v2m_torch_compile_full_graph():
 @pytest.mark.cuda
 @pytest.mark.skipif(shutil.which('compute-sanitizer') is None,
                     reason='compute-sanitizer is not on PATH')
-def test_v2m_memcheck_clean():
+@pytest.mark.parametrize('tool,clean', [
+    ('memcheck', 'ERROR SUMMARY: 0 errors'),
+    ('racecheck', 'RACECHECK SUMMARY: 0 hazards'),
+    ('synccheck', 'ERROR SUMMARY: 0 errors'),
+])
+def test_v2m_sanitizer_clean(tool, clean):
+    # Blocks stage tiles in shared memory between barriers: 19 positions
+    # make two chunks, 17 lines two line tiles, 5 states two state groups;
+    # per-pixel B with a constant C, then a constant B with per-pixel C and
+    # a gate of one corner each.
     script = (
         'import torch\n'
         'from mmssm.ops import cuda_ops\n'
@@ -227,13 +340,16 @@ def test_v2m_memcheck_clean():
         '    c = torch.ones(12, 5, device="cuda", requires_grad=True)\n'
         '    cuda_ops.v2m_corner_scan_cuda(u, d, A, b, c, c[:, 0], u,\n'
         '        c[:, 1], True, axis).sum().backward()\n'
+        '    z = torch.randn(1, 4, 3, 17, 19, device="cuda", dtype=dt)\n'
+        '    cuda_ops.v2m_corner_scan_cuda(u, d, A, c, b, None, z,\n'
+        '        None, False, axis).sum().backward()\n'
         'torch.cuda.synchronize()\n')
     result = subprocess.run(
-        ['compute-sanitizer', '--tool', 'memcheck', '--error-exitcode', '3',
+        ['compute-sanitizer', '--tool', tool, '--error-exitcode', '3',
          sys.executable, '-c', script],
         capture_output=True, text=True, env=dict(os.environ))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert 'ERROR SUMMARY: 0 errors' in result.stdout
+    assert clean in result.stdout, result.stdout[-4000:]
 
 
 def test_v2m_refuses_cpu_input_and_bad_axis():
