@@ -114,6 +114,15 @@ def test_distributed_two_processes_on_gloo(tmp_path: Path,
     assert 'GPU number: 2' in output  # mmengine's name for the world size
     assert 'mIoU' in output
     assert (work_dir / 'iter_4.pth').is_file()
+    # The same checkpoint evaluated by two processes.
+    output = run_tool(
+        ['bash', 'tools/dist_test.sh', str(config),
+         str(work_dir / 'iter_4.pth'), '2', '--work-dir',
+         str(tmp_path / 'dist_eval'), '--cfg-options',
+         'env_cfg.dist_cfg.backend=gloo'],
+        env=dict(PYTHON=sys.executable, PORT=str(free_port()))).stdout
+    assert 'Distributed training: True' in output
+    assert 0.0 <= printed_metrics(output)['mIoU'] <= 100.0
 
 
 def test_distributed_nccl_on_cpu_is_refused(tmp_path: Path,
