@@ -178,8 +178,9 @@ class BidirectionalMambaMixer(nn.Module):
             ``(B, L, C)``.
         """
         x, z = self.in_proj(tokens).transpose(1, 2).chunk(2, dim=1)
-        # One contiguous gate serves both directions.
-        z = z.contiguous()
+        # One contiguous copy of each serves both directions (the
+        # convolutions and the scans read them in this layout).
+        x, z = x.contiguous(), z.contiguous()
         forward = self._scan(x, z, '', reverse=False)
         backward = self._scan(x, z, '_b', reverse=True)
         return self.out_proj(((forward + backward) / 2).transpose(1, 2))
