@@ -84,9 +84,11 @@ struct SelectiveScanParams {
 constexpr int kChunkStateStride = 256;
 
 // How a launch splits the work:
-// - kThreadPerChunk (forward only, dstate <= kThreadScanMaxStates): one
-//   thread per (sequence, chunk of forward_chunk_length positions) walks its
-//   chunk with every state in registers (num_threads, num_items unused);
+// - kThreadPerChunk: forward (dstate <= kThreadScanMaxStates), one thread
+//   per (sequence, chunk of forward_chunk_length positions) walks its chunk
+//   with every state in registers; backward (mamba layout, dstate <=
+//   kThreadBwdMaxStates), one thread per sequence walks all its chunks from
+//   the last one down (num_threads, num_items unused);
 // - kBlockPerSequence: the block forward (any dstate) and the block backward
 //   kernel run one block of num_threads threads per sequence, each thread
 //   owning num_items consecutive positions;
@@ -96,12 +98,15 @@ enum class ScanLayout { kThreadPerChunk, kBlockPerSequence, kWarpPerSequence };
 
 // Largest state size of the thread-per-chunk forward kernel.
 constexpr int kThreadScanMaxStates = 64;
+// Largest state size of the thread-per-sequence backward kernel (its
+// per-thread shared columns and kept tile states grow with it).
+constexpr int kThreadBwdMaxStates = 16;
 
 // The configurations the kernels are compiled for; mmssm/ops/cuda_ops.py
 // picks one per sequence length and sequence count.
 inline bool is_compiled_scan_config(ScanLayout layout, bool backward,
                                     int num_threads, int num_items) {
-  if (layout == ScanLayout::kThreadPerChunk) return !backward;
+  if (layout == ScanLayout::kThreadPerChunk) return true;
   if (layout == ScanLayout::kWarpPerSequence)
     return backward && num_threads == 256 && num_items == 8;
   // (32, 4) chunks are too short for the backward pass: its chunks must

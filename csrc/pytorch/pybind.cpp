@@ -2,6 +2,7 @@
 // (schemas, fake implementations, autograd) in mmssm/ops/cuda_ops.py.
 #include <torch/extension.h>
 
+#include <string>
 #include <vector>
 
 namespace mmssm {
@@ -22,7 +23,7 @@ std::vector<at::Tensor> selective_scan_backward(
     const c10::optional<at::Tensor> &y_pregate,
     const at::Tensor &chunk_states, bool delta_softplus, int64_t num_dirs,
     int64_t height, int64_t width, bool reverse, int64_t num_threads,
-    int64_t num_items, bool warp_per_sequence);
+    int64_t num_items, const std::string &kernel);
 
 std::vector<at::Tensor> wavefront_scan_forward(
     const at::Tensor &x, const at::Tensor &delta_t, const at::Tensor &delta_l,
@@ -76,7 +77,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("dout"), py::arg("y_pregate"), py::arg("chunk_states"),
         py::arg("delta_softplus"), py::arg("num_dirs"), py::arg("height"),
         py::arg("width"), py::arg("reverse"), py::arg("num_threads"),
-        py::arg("num_items"), py::arg("warp_per_sequence"));
+        py::arg("num_items"), py::arg("kernel"));
   m.def("wavefront_scan_forward", &mmssm::wavefront_scan_forward,
         "Mamba2D wavefront scan forward: returns (out, boundary states)",
         py::arg("x"), py::arg("delta_t"), py::arg("delta_l"), py::arg("A_t"),

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "selective_scan_params.h"
@@ -222,7 +223,7 @@ std::vector<at::Tensor> selective_scan_backward(
     const c10::optional<at::Tensor> &y_pregate,
     const at::Tensor &chunk_states, bool delta_softplus, int64_t num_dirs,
     int64_t height, int64_t width, bool reverse, int64_t num_threads,
-    int64_t num_items, bool warp_per_sequence) {
+    int64_t num_items, const std::string &kernel) {
   TORCH_CHECK(u.is_cuda(), "selective scan: u must be a CUDA tensor, got ",
               u.device());
   const c10::cuda::CUDAGuard device_guard(u.device());
@@ -239,6 +240,16 @@ std::vector<at::Tensor> selective_scan_backward(
               "selective scan: y_pregate must be given exactly when z is");
   if (y_pregate.has_value())
     check_tensor(*y_pregate, "y_pregate", u, dtype, u.sizes());
+  TORCH_CHECK(kernel == "thread" || kernel == "warp" || kernel == "block",
+              "selective scan: kernel must be 'thread', 'warp' or 'block', "
+              "got '", kernel, "'");
+  if (kernel == "thread") {
+    TORCH_CHECK(num_dirs == 1, "selective scan: the thread backward kernel "
+                "needs num_dirs 1, got ", num_dirs);
+    TORCH_CHECK(params.dstate <= kThreadBwdMaxStates, "selective scan: the "
+                "thread backward kernel holds at most ", kThreadBwdMaxStates,
+                " states, got dstate ", params.dstate);
+  }
 
   const auto acc_options = u.options().dtype(acc);
   at::Tensor du = num_dirs > 1 ? at::zeros(u.sizes(), acc_options)
@@ -267,10 +278,10 @@ std::vector<at::Tensor> selective_scan_backward(
   params.dz = z.has_value() ? dz.data_ptr() : nullptr;
   params.ddelta_bias = delta_bias.has_value() ? ddelta_bias.data_ptr()
                                               : nullptr;
-  launch(params, dtype,
-         warp_per_sequence ? ScanLayout::kWarpPerSequence
-                           : ScanLayout::kBlockPerSequence,
-         num_threads, num_items, true);
+  const ScanLayout layout = kernel == "thread" ? ScanLayout::kThreadPerChunk
+                            : kernel == "warp"  ? ScanLayout::kWarpPerSequence
+                                                : ScanLayout::kBlockPerSequence;
+  launch(params, dtype, layout, num_threads, num_items, true);
   return {du, ddelta, dA, dB, dC, dD, dz, ddelta_bias};
 }
 

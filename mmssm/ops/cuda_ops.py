@@ -33,16 +33,23 @@ from torch import Tensor
 # (these chunks cost one more pass over the inputs). Larger states take the
 # block forward kernel: one block per sequence with (threads, positions per
 # thread) picked by length; the first entry whose length bound holds wins.
-# The backward pass runs one warp per sequence (its blocks sum shared B/C
-# gradients over 8 channels) where there are at least
-# _MIN_SEQUENCES_PER_WARP_BACKWARD sequences to fill the GPU, else one block
-# per sequence, whose chunks must span a multiple of _STATE_STRIDE positions.
+# The backward pass runs one thread per sequence (its blocks sum shared B/C
+# gradients over 32 channels a warp) in the mamba layout with dstate <=
+# _THREAD_BACKWARD_MAX_STATES where there are at least
+# _MIN_SEQUENCES_FOR_THREAD_BACKWARD sequences (it walks a sequence's chunks
+# one after the other, so it needs many sequences to fill the GPU); else one
+# warp per sequence (its blocks sum shared B/C gradients over 8 channels)
+# where there are at least _MIN_SEQUENCES_PER_WARP_BACKWARD sequences, else
+# one block per sequence, whose chunks must span a multiple of _STATE_STRIDE
+# positions.
 # csrc/common/selective_scan_params.h lists the compiled configurations.
 _FORWARD_CONFIGS = ((128, 32, 4), (256, 64, 4), (512, 128, 4))
 _BLOCK_BACKWARD_CONFIGS = ((256, 64, 4), (512, 128, 4))
 _LONG_SEQUENCE_CONFIG = (128, 8)
 _WARP_BACKWARD_CONFIG = (256, 8)
 _MIN_SEQUENCES_PER_WARP_BACKWARD = 4096
+_MIN_SEQUENCES_FOR_THREAD_BACKWARD = 16384
+_THREAD_BACKWARD_MAX_STATES = 16
 _THREAD_SCAN_MAX_STATES = 64
 _MIN_SEQUENCES_FOR_ONE_CHUNK = 32768
 _TARGET_FORWARD_THREADS = 65536
@@ -68,15 +75,30 @@ def _forward_chunk_length(num_sequences: int, length: int) -> int:
     return min(length, -(-strides // chunks) * _STATE_STRIDE)
 
 
-def _backward_config(num_sequences: int,
-                     length: int) -> tuple[int, int, bool]:
-    """Threads, positions per thread and whether one warp scans a sequence."""
+def _backward_config(num_sequences: int, length: int, dstate: int,
+                     num_dirs: int) -> tuple[int, int, str]:
+    """Threads, positions per thread and the backward kernel.
+
+    Args:
+        num_sequences: Sequences of the launch (batch * num_dirs * dim).
+        length: Positions per sequence.
+        dstate: States per position.
+        num_dirs: 1 (mamba layout) or 4 (cross layout).
+
+    Returns:
+        (threads per block, positions per thread, kernel), the kernel being
+        ``'thread'`` (threads and positions unused), ``'warp'`` or
+        ``'block'``.
+    """
+    if (num_dirs == 1 and dstate <= _THREAD_BACKWARD_MAX_STATES
+            and num_sequences >= _MIN_SEQUENCES_FOR_THREAD_BACKWARD):
+        return 0, 0, 'thread'
     if num_sequences >= _MIN_SEQUENCES_PER_WARP_BACKWARD:
-        return (*_WARP_BACKWARD_CONFIG, True)
+        return (*_WARP_BACKWARD_CONFIG, 'warp')
     for max_length, num_threads, num_items in _BLOCK_BACKWARD_CONFIGS:
         if length <= max_length:
-            return num_threads, num_items, False
-    return (*_LONG_SEQUENCE_CONFIG, False)
+            return num_threads, num_items, 'block'
+    return (*_LONG_SEQUENCE_CONFIG, 'block')
 
 
 def _accum_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -148,12 +170,12 @@ def _scan_backward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     dtype, as do du (for ``num_dirs > 1``) and the gradients of variable B/C.
     Absent optional inputs get empty gradients.
     """
-    num_threads, num_items, warp_per_sequence = _backward_config(
-        u.shape[0] * delta.shape[1], u.shape[-1])
+    num_threads, num_items, kernel = _backward_config(
+        u.shape[0] * delta.shape[1], u.shape[-1], A.shape[1], num_dirs)
     return list(_extension().selective_scan_backward(
         u, delta, A, B, C, D, z, delta_bias, dout, y_pregate, chunk_states,
         delta_softplus, num_dirs, height, width, reverse, num_threads,
-        num_items, warp_per_sequence))
+        num_items, kernel))
 
 
 @_scan_backward.register_fake

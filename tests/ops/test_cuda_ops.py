@@ -338,16 +338,23 @@ def test_cpu_input_is_refused_with_a_clear_error():
             torch.ones(1, 4, 1, 3, 3))
 
 
-@pytest.mark.cuda
-@pytest.mark.parametrize('warp_per_sequence', [False, True])
-@pytest.mark.parametrize('length', [255, 769, 1300])
-def test_both_backward_kernels_match_reference(warp_per_sequence, length,
-                                               monkeypatch):
-    # Few sequences normally take the block kernel; a threshold of 1 forces
-    # the warp kernel.
-    if warp_per_sequence:
+def force_backward_kernel(kernel: str, monkeypatch) -> None:
+    """Sends every backward pass that ``kernel`` serves to it: few
+    sequences normally take the block kernel; thresholds of 1 force the warp
+    or the thread kernel (the cross layout then takes the warp kernel)."""
+    if kernel == 'thread':
+        monkeypatch.setattr(cuda_ops, '_MIN_SEQUENCES_FOR_THREAD_BACKWARD', 1)
+    if kernel in ('thread', 'warp'):
         monkeypatch.setattr(cuda_ops, '_MIN_SEQUENCES_PER_WARP_BACKWARD', 1)
-    assert cuda_ops._backward_config(6, length)[2] == warp_per_sequence
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('kernel', ['block', 'warp', 'thread'])
+@pytest.mark.parametrize('length', [255, 769, 1300])
+def test_every_backward_kernel_matches_reference(kernel, length,
+                                                 monkeypatch):
+    force_backward_kernel(kernel, monkeypatch)
+    assert cuda_ops._backward_config(6, length, 5, 1)[2] == kernel
     inputs = selective_scan_inputs(2, 3, length, 5, 'grouped', groups=3)
     errors = errors_against_reference(
         inputs, cuda_ops.selective_scan_cuda, selective_scan_reference,
@@ -372,8 +379,8 @@ def test_every_block_config_matches_reference(num_threads, num_items,
     monkeypatch.setattr(cuda_ops, '_THREAD_SCAN_MAX_STATES', 0)
     if num_threads * num_items % cuda_ops._STATE_STRIDE == 0:
         monkeypatch.setattr(cuda_ops, '_backward_config',
-                            lambda sequences, length:
-                            (num_threads, num_items, False))
+                            lambda sequences, length, dstate, num_dirs:
+                            (num_threads, num_items, 'block'))
     for height, width in [(12, 25), (1, 1100)]:
         inputs = selective_scan_inputs(2, 3, height * width, 3, 'shared')
         errors = errors_against_reference(
@@ -396,16 +403,14 @@ def test_forward_configs_cover_lengths_in_order():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize('warp_per_sequence', [False, True])
+@pytest.mark.parametrize('kernel', ['block', 'warp', 'thread'])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16,
                                    torch.float64])
 @pytest.mark.parametrize('length,with_z', [(1, True), (7, False),
                                            (257, True), (1031, False)])
-def test_selective_scan_reverse_matches_reference(warp_per_sequence, dtype,
-                                                  length, with_z,
-                                                  monkeypatch):
-    if warp_per_sequence:
-        monkeypatch.setattr(cuda_ops, '_MIN_SEQUENCES_PER_WARP_BACKWARD', 1)
+def test_selective_scan_reverse_matches_reference(kernel, dtype, length,
+                                                  with_z, monkeypatch):
+    force_backward_kernel(kernel, monkeypatch)
     inputs = selective_scan_inputs(2, 6, length, 5, 'grouped', groups=3,
                                    with_z=with_z)
     errors = errors_against_reference(
@@ -538,3 +543,120 @@ def test_forward_chunk_lengths_cover_the_sequence():
         strides = -(-length // cuda_ops._STATE_STRIDE)
         assert 2 * threads >= min(cuda_ops._TARGET_FORWARD_THREADS,
                                   sequences * strides)
+
+
+def test_backward_config_picks_the_kernel_by_layout_and_count():
+    many = cuda_ops._MIN_SEQUENCES_FOR_THREAD_BACKWARD
+    max_states = cuda_ops._THREAD_BACKWARD_MAX_STATES
+    # Vim-S at 224², batch 64: 49152 sequences of 197 positions, 16 states.
+    assert cuda_ops._backward_config(49152, 197, 16, 1)[2] == 'thread'
+    assert cuda_ops._backward_config(many, 5000, max_states, 1)[2] == 'thread'
+    # Too many states, the cross layout or too few sequences: the warp
+    # kernel, and the block kernel for few sequences.
+    assert cuda_ops._backward_config(many, 197, max_states + 1, 1) == (
+        *cuda_ops._WARP_BACKWARD_CONFIG, 'warp')
+    assert cuda_ops._backward_config(many, 197, 1, 4)[2] == 'warp'
+    assert cuda_ops._backward_config(many - 1, 197, 16, 1)[2] == 'warp'
+    assert cuda_ops._backward_config(6, 197, 16, 1) == (
+        *cuda_ops._BLOCK_BACKWARD_CONFIGS[0][1:], 'block')
+    assert cuda_ops._backward_config(6, 5000, 16, 1) == (
+        *cuda_ops._LONG_SEQUENCE_CONFIG, 'block')
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('dtype', ALL_DTYPES)
+def test_thread_backward_kernel_cases(dtype, monkeypatch):
+    # The thread backward kernel on every case it serves: lengths around
+    # its 16-position tiles and 256-position chunks, state counts of every
+    # compiled bucket (1, 2, 4, 8, 16), B/C layouts, segments of channels
+    # that are not a multiple of its 64-channel blocks (70 channels: a full
+    # block and one of 6; groups of 35 and of 14), reverse, and no options.
+    # Every failing case is listed, so that one GPU run shows the pattern.
+    force_backward_kernel('thread', monkeypatch)
+    cases = [
+        # (batch, dim, length, dstate, bc_layout, groups, reverse, options)
+        (2, 5, 1, 16, 'shared', 1, False, True),
+        (2, 5, 15, 1, 'shared', 1, True, True),
+        (1, 70, 16, 2, 'grouped', 2, False, True),
+        (2, 70, 17, 3, 'grouped', 5, True, False),
+        (1, 6, 256, 16, 'mixed', 1, False, True),
+        (2, 4, 257, 8, 'constant', 1, True, True),
+        (1, 66, 600, 16, 'shared', 1, True, True),
+        (1, 3, 1031, 4, 'grouped', 3, False, False),
+    ]
+    failures = []
+    for batch, dim, length, dstate, bc_layout, groups, reverse, options in \
+            cases:
+        assert cuda_ops._backward_config(batch * dim, length, dstate,
+                                         1)[2] == 'thread'
+        inputs = selective_scan_inputs(batch, dim, length, dstate, bc_layout,
+                                       groups, with_D=options,
+                                       with_z=options, with_bias=options)
+        if not options:
+            inputs['delta'] = torch.rand_like(inputs['delta']) * 0.5 + 0.01
+        errors = errors_against_reference(
+            inputs, cuda_ops.selective_scan_cuda, selective_scan_reference,
+            dtype, delta_softplus=options, reverse=reverse)
+        bad = {k: v for k, v in errors.items() if not v <= TOLERANCES[dtype]}
+        if bad:
+            failures.append(f'batch={batch} dim={dim} length={length} '
+                            f'dstate={dstate} {bc_layout}/{groups} '
+                            f'reverse={reverse} options={options}: {bad}')
+    assert not failures, f'{dtype}, over {TOLERANCES[dtype]}:\n' + \
+        '\n'.join(failures)
+
+
+@pytest.mark.cuda
+def test_thread_backward_kernel_matches_warp_kernel(monkeypatch):
+    # The two kernels that serve many sequences agree closely on one input
+    # (a disagreement here with both close to the reference would point at
+    # summation order only).
+    inputs = selective_scan_inputs(3, 70, 300, 16, 'grouped', 2)
+    grads = {}
+    for kernel in ('warp', 'thread'):
+        force_backward_kernel(kernel, monkeypatch)
+        if kernel == 'warp':
+            monkeypatch.setattr(cuda_ops, '_MIN_SEQUENCES_FOR_THREAD_BACKWARD',
+                                10**9)
+        leaves = {k: None if v is None else v.detach().clone().requires_grad_()
+                  for k, v in inputs.items()}
+        out = cuda_ops.selective_scan_cuda(**leaves, delta_softplus=True)
+        out.backward(torch.ones_like(out))
+        grads[kernel] = {k: v.grad for k, v in leaves.items() if v is not None}
+    for name, warp_grad in grads['warp'].items():
+        error = relative_error(grads['thread'][name], warp_grad)
+        assert error < 1e-5, f'd{name}: thread vs warp kernel {error}'
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(shutil.which('compute-sanitizer') is None,
+                    reason='compute-sanitizer is not on PATH')
+@pytest.mark.parametrize('tool,summary', [
+    ('memcheck', 'ERROR SUMMARY: 0 errors'),
+    ('racecheck', 'RACECHECK SUMMARY: 0 hazards'),
+])
+def test_thread_backward_kernel_sanitizer_clean(tool, summary):
+    # Two blocks per segment (70 channels), two chunks with a partial last
+    # tile (300 positions), variable and constant B/C, both orders.
+    script = (
+        'import torch\n'
+        'from mmssm.ops import cuda_ops\n'
+        'cuda_ops._MIN_SEQUENCES_FOR_THREAD_BACKWARD = 1\n'
+        'for dt in (torch.float32, torch.bfloat16):\n'
+        '    u = torch.randn(2, 70, 300, device="cuda", dtype=dt)\n'
+        '    u.requires_grad_()\n'
+        '    A = -torch.rand(70, 5, device="cuda", requires_grad=True)\n'
+        '    B = torch.randn(2, 5, 300, device="cuda", dtype=dt)\n'
+        '    C = torch.randn(70, 5, device="cuda")\n'
+        '    for reverse in (False, True):\n'
+        '        cuda_ops.selective_scan_cuda(u, u, A, B, B, A[:, 0], u,\n'
+        '            A[:, 1], True, reverse=reverse).sum().backward()\n'
+        '        cuda_ops.selective_scan_cuda(u, u, A, B, C, None, None,\n'
+        '            None, True, reverse=reverse).sum().backward()\n'
+        'torch.cuda.synchronize()\n')
+    result = subprocess.run(
+        ['compute-sanitizer', '--tool', tool, '--error-exitcode', '3',
+         sys.executable, '-c', script],
+        capture_output=True, text=True, env=dict(os.environ))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert summary in result.stdout

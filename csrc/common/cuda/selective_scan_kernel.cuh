@@ -15,8 +15,12 @@
 //   direction, channel), each thread owning kNItems consecutive positions
 //   of a chunk of kNThreads * kNItems, solved by a block scan.
 //
-// Backward, two kernels that recompute the states from the saved ones and
-// run the adjoint recurrence as a reverse scan:
+// Backward, three kernels that recompute the states from the saved ones and
+// run the adjoint recurrence backwards:
+// - thread kernel (mamba layout, dstate <= kThreadBwdMaxStates): one thread
+//   per sequence walks its chunks and tiles of positions from the last one
+//   down, recomputing each tile's states from the state at its start (used
+//   where there are very many sequences);
 // - warp kernel: one warp per sequence, a block's warps taking consecutive
 //   channels that share their B/C groups, so that the block sums the
 //   gradients of shared B/C over its channels before one atomic add per
@@ -634,6 +638,382 @@ __global__ void __launch_bounds__(kThreadScanChannels,
     static_cast<acc_t *>(p.chunk_step_sums)[state_row * num_saved + chunk] =
         step_sum;
   }
+}
+
+// Backward, one thread per sequence (mamba layout, dstate <=
+// kThreadBwdMaxStates), for many sequences: a block's threads take
+// consecutive channels of one segment, like the thread forward kernel, so
+// B/C tiles are staged once and read as broadcasts. Each thread walks the
+// chunks of kChunkStateStride positions of its sequence from the last one
+// down. Per chunk, a forward walk from the saved state before the chunk keeps
+// the state at the start of every tile of kThreadBwdTile positions; then the
+// tiles are walked from the last one down: per state, the tile's forward
+// states are recomputed from the kept one and the adjoint is run back over
+// them, summing the gradients of each position over the states in
+// registers. Gradients of variable B/C are summed over a warp's channels by
+// a transposing butterfly, then added with one atomic per warp, position and
+// state. The kept tile states (kChunkStateStride / kThreadBwdTile * kMaxN
+// per thread) live in local memory: in shared memory they would cost blocks.
+constexpr int kThreadBwdTile = 16;
+
+template <typename acc_t, int kMaxN>
+struct ThreadBwdLayout {
+  // Row stride of the per-channel tiles (odd: a warp's lanes read a column).
+  static constexpr int kSeqStride = kThreadBwdTile + 1;
+  static constexpr int kSeqElements = kThreadScanChannels * kSeqStride;
+  // Row stride of the B/C tiles, odd against conflicts of constant rows.
+  static constexpr int kRowStride = kMaxN | 1;
+  // Rows of the B/C tiles: a position each for variable B/C, a channel
+  // each for constant ones.
+  static constexpr int kRows = kThreadScanChannels > kThreadBwdTile
+                                   ? kThreadScanChannels
+                                   : kThreadBwdTile;
+  // A per-thread column of kMaxN states.
+  static constexpr int kColumnElements = kMaxN * kThreadScanChannels;
+  // u, step, gated output gradient and softplus-derivative tiles, the B and
+  // C tiles, then the columns of the adjoint carry and of dA.
+  static constexpr int kElements =
+      4 * kSeqElements + 2 * kRows * kRowStride + 2 * kColumnElements;
+};
+
+// One step of warp_transpose_sum: lanes with bit kHalf set keep the upper
+// kHalf of their first 2 * kHalf values and add their partner's, the others
+// the lower ones. (Compile-time steps keep the values in registers.)
+template <typename acc_t, int kHalf, int kValues>
+__device__ __forceinline__ void transpose_sum_step(acc_t (&values)[kValues]) {
+  const bool upper = (threadIdx.x & kHalf) != 0;
+#pragma unroll
+  for (int k = 0; k < kHalf; ++k) {
+    const acc_t lower_value = values[k];
+    const acc_t upper_value = values[k + kHalf];
+    const acc_t send = upper ? lower_value : upper_value;
+    const acc_t keep = upper ? upper_value : lower_value;
+    values[k] = keep + __shfl_xor_sync(0xffffffffu, send, kHalf);
+  }
+  if constexpr (kHalf > 1) transpose_sum_step<acc_t, kHalf / 2>(values);
+}
+
+// Sums kValues values of every lane over the warp (transposing butterfly:
+// kValues - 1 shuffles where a sum per value costs 5 each); lane l gets the
+// sum of values[l % kValues]. Overwrites `values`.
+template <typename acc_t, int kValues>
+__device__ __forceinline__ acc_t warp_transpose_sum(acc_t (&values)[kValues]) {
+  static_assert(kValues >= 2 && kValues <= 32 &&
+                    (kValues & (kValues - 1)) == 0,
+                "a power of two from 2 to 32 values");
+  transpose_sum_step<acc_t, kValues / 2>(values);
+  acc_t sum = values[0];
+#pragma unroll
+  for (int offset = kValues; offset < 32; offset <<= 1)
+    sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  return sum;
+}
+
+// Blocks per SM the register allocation must allow: six for float sums
+// (what their 34 KB of shared memory at 16 states allows; Vim-S at 224²,
+// batch 64, then runs in one wave of 768 blocks on 132 SMs), three for
+// double ones (twice the shared memory).
+template <typename T>
+constexpr int thread_bwd_min_blocks() {
+  return sizeof(typename AccumType<T>::type) == 4 ? 6 : 3;
+}
+
+template <typename T, int kMaxN>
+__global__ void __launch_bounds__(kThreadScanChannels,
+                                  thread_bwd_min_blocks<T>())
+    selective_scan_bwd_thread_kernel(SelectiveScanParams p) {
+  using acc_t = typename AccumType<T>::type;
+  using Layout = ThreadBwdLayout<acc_t, kMaxN>;
+  constexpr int kTile = kThreadBwdTile;
+  constexpr int kChannels = kThreadScanChannels;
+  constexpr int kSeqStride = Layout::kSeqStride;
+  constexpr int kRowStride = Layout::kRowStride;
+  constexpr int kTilesPerChunk = kChunkStateStride / kTile;
+  static_assert(kChunkStateStride % kTile == 0,
+                "saved states must fall on tile boundaries");
+  static_assert(kChannels % kTile == 0, "lanes keep one position of a tile");
+  static_assert(2 * kTile <= 32, "a lane receives one B or C gradient sum");
+  extern __shared__ __align__(16) unsigned char thread_bwd_shared[];
+  acc_t *u_tile = reinterpret_cast<acc_t *>(thread_bwd_shared);
+  acc_t *dt_tile = u_tile + Layout::kSeqElements;
+  acc_t *dy_tile = dt_tile + Layout::kSeqElements;
+  acc_t *dsoftplus_tile = dy_tile + Layout::kSeqElements;
+  acc_t *B_tile = dsoftplus_tile + Layout::kSeqElements;
+  acc_t *C_tile = B_tile + Layout::kRows * kRowStride;
+  acc_t *adjoint_column = C_tile + Layout::kRows * kRowStride;
+  acc_t *dA_column = adjoint_column + Layout::kColumnElements;
+
+  // This block: channels [first_channel, first_channel + num_channels) of
+  // one segment, batch element blockIdx.y (num_dirs is 1).
+  const int dim = p.dim;
+  const int length = p.length;
+  const int dstate = p.dstate;
+  const int segment = p.channels_per_segment;
+  const int tiles_per_segment = (segment + kChannels - 1) / kChannels;
+  const int in_segment = (blockIdx.x % tiles_per_segment) * kChannels;
+  const int first_channel =
+      (blockIdx.x / tiles_per_segment) * segment + in_segment;
+  const int num_channels = min(kChannels, segment - in_segment);
+  const int batch_index = blockIdx.y;
+  const size_t row_length = length;
+  // Rows of this block's first channel; channel c of the block is c rows on.
+  const size_t row0 = size_t(batch_index) * dim + first_channel;
+  const T *u = static_cast<const T *>(p.u) + row0 * row_length;
+  const T *delta = static_cast<const T *>(p.delta) + row0 * row_length;
+  const T *dout = static_cast<const T *>(p.dout) + row0 * row_length;
+  auto group_rows = [&](int num_groups) {
+    const int group = first_channel / (dim / num_groups);
+    return (size_t(batch_index) * num_groups + group) * dstate * row_length;
+  };
+  const size_t B_rows = group_rows(p.num_groups_B);
+  const size_t C_rows = group_rows(p.num_groups_C);
+  const T *B_var = static_cast<const T *>(p.B) + B_rows;
+  const T *C_var = static_cast<const T *>(p.C) + C_rows;
+  acc_t *dB_var = static_cast<acc_t *>(p.dB) + B_rows;
+  acc_t *dC_var = static_cast<acc_t *>(p.dC) + C_rows;
+  const acc_t *delta_bias = static_cast<const acc_t *>(p.delta_bias);
+
+  // This thread's channel; threads past the segment alias the block's first
+  // channel, compute on zero tiles (which leave every sum unchanged) and
+  // store nothing.
+  const int tid = threadIdx.x;
+  const bool active = tid < num_channels;
+  const size_t seq = size_t(first_channel) + (active ? tid : 0);
+  const size_t state_row = size_t(batch_index) * dim + seq;
+  const acc_t *A = static_cast<const acc_t *>(p.A) + seq * dstate;
+  const acc_t D = p.D ? static_cast<const acc_t *>(p.D)[seq] : acc_t(0);
+  const acc_t *chunk_states = static_cast<const acc_t *>(p.chunk_states) +
+                              state_row * p.num_chunks * dstate;
+  constexpr acc_t kLog2e = acc_t(1.4426950408889634);
+
+  // Constant B/C: one row per channel, staged once; columns start at zero.
+  for (int i = tid; i < kChannels * kMaxN; i += kChannels) {
+    const int c = i / kMaxN, n = i % kMaxN;
+    const bool valid = c < num_channels && n < dstate;
+    const size_t at = (size_t(first_channel) + c) * dstate + n;
+    if (!p.var_B)
+      B_tile[c * kRowStride + n] =
+          valid ? static_cast<const acc_t *>(p.B)[at] : acc_t(0);
+    if (!p.var_C)
+      C_tile[c * kRowStride + n] =
+          valid ? static_cast<const acc_t *>(p.C)[at] : acc_t(0);
+    adjoint_column[i] = acc_t(0);
+    dA_column[i] = acc_t(0);
+  }
+
+  // Staging: every lane keeps one position of the tile and takes every
+  // (kChannels / kTile)-th channel row (or state).
+  const int lane_position = tid % kTile;
+  const int first_row = tid / kTile;
+  constexpr int kRowStep = kChannels / kTile;
+  auto position_of = [&](int t) { return p.reverse ? length - 1 - t : t; };
+  // Stages the tile of positions [t0, t0 + tile_length): u, steps and
+  // variable B, and with `full` also the gated output gradient (writing dz),
+  // the softplus derivative and variable C. Positions past the tile get
+  // zeros, which make them identity steps.
+  auto stage = [&](int t0, int tile_length, bool full) {
+    const bool valid_position = lane_position < tile_length;
+    const int pos = valid_position ? position_of(t0 + lane_position) : 0;
+#pragma unroll 4
+    for (int k = 0; k < kChannels / kRowStep; ++k) {
+      const int c = first_row + k * kRowStep;
+      const bool valid = valid_position && c < num_channels;
+      const size_t at = size_t(c) * row_length + pos;
+      acc_t u_val = acc_t(0), dt = acc_t(0), dy = acc_t(0),
+            dsoftplus = acc_t(0);
+      if (valid) {
+        u_val = to_acc<acc_t>(u[at]);
+        const acc_t raw =
+            to_acc<acc_t>(delta[at]) +
+            (delta_bias ? delta_bias[first_channel + c] : acc_t(0));
+        dt = p.delta_softplus ? softplus(raw) : raw;
+        if (full) {
+          dy = to_acc<acc_t>(dout[at]);
+          if (p.z) {
+            const size_t z_at = (row0 + c) * row_length + pos;
+            const acc_t z = to_acc<acc_t>(static_cast<const T *>(p.z)[z_at]);
+            const acc_t y_pre =
+                to_acc<acc_t>(static_cast<const T *>(p.y_pregate)[z_at]);
+            const acc_t sig = acc_t(1) / (acc_t(1) + exp_acc(-z));
+            static_cast<T *>(p.dz)[z_at] = from_acc<T>(
+                dy * y_pre * sig * (acc_t(1) + z * (acc_t(1) - sig)));
+            dy *= z * sig;
+          }
+          dsoftplus = p.delta_softplus && raw <= acc_t(20)
+                          ? acc_t(1) / (acc_t(1) + exp_acc(-raw))
+                          : acc_t(1);
+        }
+      }
+      u_tile[c * kSeqStride + lane_position] = u_val;
+      dt_tile[c * kSeqStride + lane_position] = dt;
+      if (full) {
+        dy_tile[c * kSeqStride + lane_position] = dy;
+        dsoftplus_tile[c * kSeqStride + lane_position] = dsoftplus;
+      }
+    }
+    if (p.var_B || (full && p.var_C)) {
+#pragma unroll
+      for (int k = 0; k < (kMaxN + kRowStep - 1) / kRowStep; ++k) {
+        const int n = first_row + k * kRowStep;
+        if (kMaxN % kRowStep != 0 && n >= kMaxN) break;
+        const bool valid = valid_position && n < dstate;
+        const size_t at = size_t(n) * row_length + pos;
+        if (p.var_B)
+          B_tile[lane_position * kRowStride + n] =
+              valid ? to_acc<acc_t>(B_var[at]) : acc_t(0);
+        if (full && p.var_C)
+          C_tile[lane_position * kRowStride + n] =
+              valid ? to_acc<acc_t>(C_var[at]) : acc_t(0);
+      }
+    }
+  };
+
+  acc_t *u_row = u_tile + tid * kSeqStride;
+  acc_t *dt_row = dt_tile + tid * kSeqStride;
+  const acc_t *dy_row = dy_tile + tid * kSeqStride;
+  const acc_t *dsoftplus_row = dsoftplus_tile + tid * kSeqStride;
+  // The state at the start of every tile of the current chunk.
+  acc_t tile_starts[kTilesPerChunk][kMaxN];
+  acc_t dD_part = acc_t(0), dbias_part = acc_t(0);
+
+  for (int chunk = p.num_chunks - 1; chunk >= 0; --chunk) {
+    const int chunk_begin = chunk * kChunkStateStride;
+    const int chunk_end = min(length, chunk_begin + kChunkStateStride);
+    const int num_tiles = (chunk_end - chunk_begin + kTile - 1) / kTile;
+    {
+      acc_t A2[kMaxN], h[kMaxN];
+#pragma unroll
+      for (int n = 0; n < kMaxN; ++n) {
+        A2[n] = n < dstate ? A[n] * kLog2e : acc_t(0);
+        h[n] = chunk > 0 && n < dstate
+                   ? chunk_states[size_t(chunk - 1) * dstate + n]
+                   : acc_t(0);
+      }
+      for (int tile = 0; tile < num_tiles; ++tile) {
+#pragma unroll
+        for (int n = 0; n < kMaxN; ++n) tile_starts[tile][n] = h[n];
+        // The last tile's end state is not needed; the tiles before it are
+        // full (chunks start on tile boundaries).
+        if (tile == num_tiles - 1) break;
+        __syncthreads();  // the previous tile has been read
+        stage(chunk_begin + tile * kTile, kTile, false);
+        __syncthreads();
+        for (int j = 0; j < kTile; ++j) {
+          const acc_t dt = dt_row[j];
+          const acc_t drive = dt * u_row[j];
+          const acc_t *B_row = B_tile + (p.var_B ? j : tid) * kRowStride;
+#pragma unroll
+          for (int n = 0; n < kMaxN; ++n)
+            h[n] = exp2_acc(dt * A2[n]) * h[n] + drive * B_row[n];
+        }
+      }
+    }
+
+    for (int tile = num_tiles - 1; tile >= 0; --tile) {
+      const int t0 = chunk_begin + tile * kTile;
+      const int tile_length = min(kTile, chunk_end - t0);
+      __syncthreads();  // the previous tile's outputs have been read out
+      stage(t0, tile_length, true);
+      __syncthreads();
+      acc_t ddt[kTile], du[kTile];
+#pragma unroll
+      for (int j = 0; j < kTile; ++j) ddt[j] = du[j] = acc_t(0);
+#pragma unroll 1
+      for (int n = 0; n < dstate; ++n) {
+        const acc_t A_n = A[n];
+        const acc_t A2_n = A_n * kLog2e;
+        // Forward states of the tile; sums[kTile + j] = dC at position j.
+        acc_t decay[kTile], decayed_prev[kTile], sums[2 * kTile];
+        acc_t h = tile_starts[tile][n];
+#pragma unroll
+        for (int j = 0; j < kTile; ++j) {
+          const acc_t dt = dt_row[j];
+          const acc_t B_val = B_tile[(p.var_B ? j : tid) * kRowStride + n];
+          decay[j] = exp2_acc(dt * A2_n);
+          decayed_prev[j] = decay[j] * h;
+          h = decayed_prev[j] + dt * u_row[j] * B_val;
+          sums[kTile + j] = dy_row[j] * h;
+        }
+        // Adjoint r_t = a_t * g_t, g_t = C_t dy_t + r_{t+1} = dL/dh_t;
+        // sums[j] = dB at position j.
+        acc_t r = adjoint_column[n * kChannels + tid];
+        acc_t dA_part = acc_t(0);
+#pragma unroll
+        for (int j = kTile - 1; j >= 0; --j) {
+          const acc_t dt = dt_row[j];
+          const acc_t u_val = u_row[j];
+          const acc_t B_val = B_tile[(p.var_B ? j : tid) * kRowStride + n];
+          const acc_t C_val = C_tile[(p.var_C ? j : tid) * kRowStride + n];
+          const acc_t g = C_val * dy_row[j] + r;
+          r = decay[j] * g;
+          ddt[j] += g * (decayed_prev[j] * A_n + B_val * u_val);
+          du[j] += g * dt * B_val;
+          dA_part += g * decayed_prev[j] * dt;
+          sums[j] = g * dt * u_val;
+        }
+        adjoint_column[n * kChannels + tid] = r;
+        dA_column[n * kChannels + tid] += dA_part;
+        if (active && (!p.var_B || !p.var_C)) {
+          // Constant B/C (rare): one atomic per tile, channel and state.
+          acc_t dB_part = acc_t(0), dC_part = acc_t(0);
+#pragma unroll
+          for (int j = 0; j < kTile; ++j) {
+            dB_part += sums[j];
+            dC_part += sums[kTile + j];
+          }
+          const size_t at = seq * dstate + n;
+          if (!p.var_B) atomicAdd(static_cast<acc_t *>(p.dB) + at, dB_part);
+          if (!p.var_C) atomicAdd(static_cast<acc_t *>(p.dC) + at, dC_part);
+        }
+        if (p.var_B || p.var_C) {
+          // Lane l < kTile gets dB at position l, lane kTile + l dC there.
+          const acc_t warp_total = warp_transpose_sum<acc_t, 2 * kTile>(sums);
+          const int lane = tid & 31;
+          const int j = lane % kTile;
+          const bool is_B = lane < kTile;
+          if (lane < 2 * kTile && j < tile_length &&
+              (is_B ? p.var_B : p.var_C)) {
+            const size_t at = size_t(n) * row_length + position_of(t0 + j);
+            atomicAdd((is_B ? dB_var : dC_var) + at, warp_total);
+          }
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kTile; ++j) {
+        // Positions past the tile have zero u, dy and derivative.
+        const acc_t dy = dy_row[j];
+        const acc_t u_val = u_row[j];
+        const acc_t ddelta = ddt[j] * dsoftplus_row[j];
+        dD_part += dy * u_val;
+        dbias_part += ddelta;
+        // Each thread rewrites only its own rows, read back below.
+        dt_row[j] = ddelta;
+        u_row[j] = du[j] + D * dy;
+      }
+      __syncthreads();
+      const bool valid_position = lane_position < tile_length;
+      const int pos = valid_position ? position_of(t0 + lane_position) : 0;
+#pragma unroll 4
+      for (int k = 0; k < kChannels / kRowStep; ++k) {
+        const int c = first_row + k * kRowStep;
+        if (!valid_position || c >= num_channels) continue;
+        const size_t at = (row0 + c) * row_length + pos;
+        static_cast<T *>(p.ddelta)[at] =
+            from_acc<T>(dt_tile[c * kSeqStride + lane_position]);
+        static_cast<T *>(p.du)[at] =
+            from_acc<T>(u_tile[c * kSeqStride + lane_position]);
+      }
+    }
+  }
+
+  if (!active) return;
+  const size_t weight_row = seq * dstate;
+  for (int n = 0; n < dstate; ++n)
+    atomicAdd(static_cast<acc_t *>(p.dA) + weight_row + n,
+              dA_column[n * kChannels + tid]);
+  if (p.dD) atomicAdd(static_cast<acc_t *>(p.dD) + seq, dD_part);
+  if (p.ddelta_bias)
+    atomicAdd(static_cast<acc_t *>(p.ddelta_bias) + seq, dbias_part);
 }
 
 // Positions per lane of the warp backward kernel: one chunk per saved state.

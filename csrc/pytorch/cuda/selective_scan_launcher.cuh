@@ -99,6 +99,43 @@ void launch_thread_forward(const SelectiveScanParams &params) {
   }
 }
 
+template <typename T, int kMaxN>
+void launch_thread_backward_states(const SelectiveScanParams &params) {
+  using acc_t = typename AccumType<T>::type;
+  const int segment = params.channels_per_segment;
+  const int tiles_per_segment =
+      (segment + kThreadScanChannels - 1) / kThreadScanChannels;
+  const dim3 grid((params.dim / segment) * tiles_per_segment, params.batch);
+  launch_with_shared_memory(
+      selective_scan_bwd_thread_kernel<T, kMaxN>, grid, kThreadScanChannels,
+      ThreadBwdLayout<acc_t, kMaxN>::kElements * sizeof(acc_t), params);
+}
+
+// The thread-per-sequence backward (mamba layout only) for the smallest
+// compiled number of register states that holds dstate.
+template <typename T>
+void launch_thread_backward(const SelectiveScanParams &params) {
+  static_assert(kThreadBwdMaxStates == 16, "compiled state counts below");
+  TORCH_CHECK(params.num_dirs == 1, "selective scan: the thread-per-sequence "
+              "backward kernel needs num_dirs 1, got ", params.num_dirs);
+  const int dstate = params.dstate;
+  if (dstate <= 1) {
+    launch_thread_backward_states<T, 1>(params);
+  } else if (dstate <= 2) {
+    launch_thread_backward_states<T, 2>(params);
+  } else if (dstate <= 4) {
+    launch_thread_backward_states<T, 4>(params);
+  } else if (dstate <= 8) {
+    launch_thread_backward_states<T, 8>(params);
+  } else if (dstate <= 16) {
+    launch_thread_backward_states<T, 16>(params);
+  } else {
+    TORCH_CHECK(false, "selective scan: the thread-per-sequence backward "
+                "kernel holds at most ", kThreadBwdMaxStates,
+                " states, got dstate ", dstate);
+  }
+}
+
 template <typename T, bool kCross>
 void launch_warp_backward(const SelectiveScanParams &params) {
   using acc_t = typename AccumType<T>::type;
@@ -119,7 +156,14 @@ void launch_scan(const SelectiveScanParams &params, ScanLayout layout,
   TORCH_CHECK(is_compiled_scan_config(layout, backward, num_threads, num_items),
               "selective scan: no kernel compiled for ", num_threads,
               " threads x ", num_items, " items per thread");
-  if (layout == ScanLayout::kThreadPerChunk) {
+  if (layout == ScanLayout::kThreadPerChunk && backward) {
+    if constexpr (kCross) {
+      TORCH_CHECK(false, "selective scan: the thread-per-sequence backward "
+                  "kernel needs num_dirs 1, got ", params.num_dirs);
+    } else {
+      launch_thread_backward<T>(params);
+    }
+  } else if (layout == ScanLayout::kThreadPerChunk) {
     launch_thread_forward<T, kCross>(params);
   } else if (layout == ScanLayout::kWarpPerSequence) {
     launch_warp_backward<T, kCross>(params);
