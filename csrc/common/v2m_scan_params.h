@@ -101,8 +101,8 @@ struct V2MSharedLayout {
   int u, delta, z, dout;  // per-channel tiles: threads rows
   int B, C;               // per-pixel B/C of state_group states
   int dB, dC;             // per-thread dB/dC of one state, summed later
-  int carry;              // per state and thread: h (forward), a g (backward)
-  int starts;             // per state and thread: h at the chunk start
+  int carry;   // per state and thread: h (forward), a g (backward); N > 1
+  int starts;  // per state and thread: h at the chunk start; N > 1
   int A, B_const, C_const;     // weights per block channel and state
   int dA, dB_const, dC_const;  // their gradients per state and thread
   int total;
@@ -115,6 +115,11 @@ MMSSM_HOST_DEVICE inline V2MSharedLayout v2m_shared_layout(
   const int matrix_tile = p.state_group * p.block_lines * kV2MTileStride;
   const int per_channel_state = p.block_channels * p.dstate;
   const bool has_z = p.z != nullptr;
+  // The kernels for one state keep the carried state and the chunk start in
+  // registers, and write a step's dB over its dout, which only the same
+  // thread reads, at the same step, just before.
+  const bool one_state = p.dstate == 1;
+  const int per_thread_state = one_state ? 0 : p.dstate * threads;
   V2MSharedLayout layout;
   int offset = 0;
   layout.u = offset;
@@ -129,14 +134,14 @@ MMSSM_HOST_DEVICE inline V2MSharedLayout v2m_shared_layout(
   offset += p.var_B ? matrix_tile : 0;
   layout.C = offset;
   offset += p.var_C ? matrix_tile : 0;
-  layout.dB = offset;
-  offset += backward && p.var_B ? tile : 0;
+  layout.dB = one_state ? layout.dout : offset;
+  offset += backward && p.var_B && !one_state ? tile : 0;
   layout.dC = offset;
   offset += backward && p.var_C ? tile : 0;
   layout.carry = offset;
-  offset += p.dstate * threads;
+  offset += per_thread_state;
   layout.starts = offset;
-  offset += backward ? p.dstate * threads : 0;
+  offset += backward ? per_thread_state : 0;
   layout.A = offset;
   offset += per_channel_state;
   layout.B_const = offset;

@@ -271,6 +271,32 @@ def test_v2m_scan_model_shapes(dim, side, dstate, variable, axis):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize('axis', ['row', 'col'])
+@pytest.mark.parametrize(
+    'lines,length,variable,shared_z,dtype',
+    [
+        # One state has its own kernels (register-carried state, dB
+        # written over dout in shared memory). Constant B and C: weight
+        # gradients summed over lines; float64 at the tightest tolerance.
+        (5, 33, 'none', False, torch.float64),
+        # Per-pixel B with a per-corner gate, per-pixel C with a shared
+        # one; chunk edges and line tiles (13, 16 and 16 lines).
+        (13, 17, 'B', False, torch.float32),
+        (31, 31, 'C', True, torch.float32),
+        (17, 48, 'both', True, torch.float16),
+        # 9 channels of 14 lines per block, as V2M-S* stage 1.
+        (56, 20, 'B', True, torch.bfloat16),
+    ])
+def test_v2m_scan_one_state(axis, lines, length, variable, shared_z, dtype):
+    height, width = (lines, length) if axis == 'row' else (length, lines)
+    inputs = corner_inputs(2, 11, height, width, 1, ALL_CORNERS, variable,
+                           shared_u=axis == 'row', shared_z=shared_z)
+    errors = errors_against_reference(inputs, dtype, delta_softplus=True,
+                                      axis=axis, corners=ALL_CORNERS)
+    assert_close(errors, dtype)
+
+
+@pytest.mark.cuda
 def test_v2m_public_op_dispatches_to_kernel():
     assert compiled_ops_available()
     assert backend('v2m_corner_scan') == 'cuda'
@@ -327,7 +353,8 @@ def test_v2m_sanitizer_clean(tool, clean):
     # Blocks stage tiles in shared memory between barriers: 19 positions
     # make two chunks, 17 lines two line tiles, 5 states two state groups;
     # per-pixel B with a constant C, then a constant B with per-pixel C and
-    # a gate of one corner each.
+    # a gate of one corner each; then both again with one state (its own
+    # kernels).
     script = (
         'import torch\n'
         'from mmssm.ops import cuda_ops\n'
@@ -343,6 +370,10 @@ def test_v2m_sanitizer_clean(tool, clean):
         '    z = torch.randn(1, 4, 3, 17, 19, device="cuda", dtype=dt)\n'
         '    cuda_ops.v2m_corner_scan_cuda(u, d, A, c, b, None, z,\n'
         '        None, False, axis).sum().backward()\n'
+        '    cuda_ops.v2m_corner_scan_cuda(u, d, A[:, :1], b[:, :, :1],\n'
+        '        c[:, :1], c[:, 0], z, c[:, 1], True, axis).sum().backward()\n'
+        '    cuda_ops.v2m_corner_scan_cuda(u, d, A[:, :1], c[:, :1],\n'
+        '        b[:, :, :1], None, u, None, False, axis).sum().backward()\n'
         'torch.cuda.synchronize()\n')
     result = subprocess.run(
         ['compute-sanitizer', '--tool', tool, '--error-exitcode', '3',

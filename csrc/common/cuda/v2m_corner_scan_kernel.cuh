@@ -37,8 +37,9 @@
 //   values that a thread only needs again in its own tile row (dt u in the
 //   forward; dt, the gated dy and the factor of dz in the backward) live
 //   there rather than in registers, and __launch_bounds__ keeps 5 forward
-//   or 3 backward blocks per SM resident (a thread's steps are one serial
-//   chain, so resident warps are what hides latency).
+//   or 3 backward blocks per SM resident, 8 and 4 in the kernels for one
+//   state (a thread's steps are one serial chain, so resident warps are
+//   what hides latency).
 // - Per-pixel B and C are shared by all channels of a (batch, corner): a
 //   block stages them once for its channels, state_group states at a time
 //   (tiles for all states at once would not fit).
@@ -58,6 +59,18 @@
 //   lines, and added once per block. du and dz are plain stores where u and
 //   z belong to one corner, and (coalesced) atomic adds where the corners
 //   share them.
+// - One state (N = 1: V2M-S*, the V2M pyramid) has its own pair of kernels
+//   on the same staging: the carried state, the chunk start and the weight
+//   gradient sums stay in registers, and every step is finished where it
+//   is computed (the forward writes the gated output, the reverse walk of
+//   the backward writes ddelta, du, dz and the per-pixel dB and dC into the
+//   thread's tile rows, dB over the step's dout), so no per-step arrays of
+//   sums over states are live (61 forward, 128 backward registers in bf16
+//   on sm_90 against 89 and 168) and the channel sums of dB and dC share
+//   the store pass: three barriers per chunk in both directions. (The
+//   general kernels need 2 G + 1 forward and, with per-pixel B or C,
+//   G + 2 N + 1 backward for G state groups of N states: 4 and 6 at N = 1
+//   before these kernels.)
 // - Threads of a block past the map's last line or channel run the same
 //   barriers on zeros; only owned pixels and channels are written.
 #pragma once
@@ -317,21 +330,62 @@ __device__ __forceinline__ void v2m_for_each_output(
   }
 }
 
-// Adds the sum over the block's channels of a per-thread tile (one state's
-// dB or dC at every pixel of the chunk box) to that state's plane.
+// Adds the sums over the block's channels of per-thread tiles (one state's
+// dB and dC at every pixel of the chunk box) to that state's planes; a null
+// plane is skipped. One index split serves both.
 template <typename acc_t>
 __device__ __forceinline__ void v2m_add_channel_sums(
-    acc_t *plane, const acc_t *tile, const V2MScanParams &p,
+    acc_t *dB_plane, const acc_t *dB_tile, acc_t *dC_plane,
+    const acc_t *dC_tile, const V2MScanParams &p,
     const V2MBlock<acc_t> &block, const V2MChunkBox &box) {
   const int total = p.block_lines * kV2MChunk;
   for (int i = block.me; i < total; i += block.threads) {
     const V2MBoxElement e(i, p);  // plane 0: a (line, column) pair
     if (e.line >= block.lines_here || e.column >= box.size) continue;
-    acc_t sum = acc_t(0);
-    const int step = box.step(e.column);
-    for (int c = 0; c < block.channels_here; ++c)
-      sum += tile[(c * p.block_lines + e.line) * kV2MTileStride + step];
-    atomicAdd(plane + block.pixel(p, e.line, e.column, box.start), sum);
+    const int first = e.line * kV2MTileStride + box.step(e.column);
+    const int stride = p.block_lines * kV2MTileStride;
+    const int pixel = block.pixel(p, e.line, e.column, box.start);
+    if (dB_plane) {
+      acc_t sum = acc_t(0);
+      for (int c = 0; c < block.channels_here; ++c)
+        sum += dB_tile[first + c * stride];
+      atomicAdd(dB_plane + pixel, sum);
+    }
+    if (dC_plane) {
+      acc_t sum = acc_t(0);
+      for (int c = 0; c < block.channels_here; ++c)
+        sum += dC_tile[first + c * stride];
+      atomicAdd(dC_plane + pixel, sum);
+    }
+  }
+}
+
+// Adds the gradients of the block's weights (A, and B and C where
+// constant), held per state and thread in sum_* (entry n * threads + thread),
+// summed over the lines of each channel. The caller orders the per-thread
+// writes before this with a barrier.
+template <typename acc_t>
+__device__ __forceinline__ void v2m_add_weight_sums(
+    const acc_t *sum_dA, const acc_t *sum_dB, const acc_t *sum_dC,
+    const V2MScanParams &p, const V2MBlock<acc_t> &block) {
+  const int first_weight =
+      (block.corner * p.dim + block.channel_first) * p.dstate;
+  // Weight i = c * dstate + n of the block's channels.
+  for (int i = block.me; i < block.channels_here * p.dstate;
+       i += block.threads) {
+    const int first = (i % p.dstate) * block.threads +
+                      (i / p.dstate) * p.block_lines;
+    acc_t dA = acc_t(0), dB = acc_t(0), dC = acc_t(0);
+    for (int l = 0; l < block.lines_here; ++l) {
+      dA += sum_dA[first + l];
+      if (!p.var_B) dB += sum_dB[first + l];
+      if (!p.var_C) dC += sum_dC[first + l];
+    }
+    atomicAdd(static_cast<acc_t *>(p.dA) + first_weight + i, dA);
+    if (!p.var_B)
+      atomicAdd(static_cast<acc_t *>(p.dB) + first_weight + i, dB);
+    if (!p.var_C)
+      atomicAdd(static_cast<acc_t *>(p.dC) + first_weight + i, dC);
   }
 }
 
@@ -354,13 +408,23 @@ __device__ __forceinline__ acc_t v2m_step_size(const V2MScanParams &p,
 // a thread's steps are one serial chain, so the kernels need many resident
 // warps to hide latency, more than ptxas leaves without a bound. The
 // largest counts without spills for float accumulation (89 and 168
-// registers on sm_90); double needs about twice the registers.
+// registers on sm_90); double needs about twice the registers. One state:
+// see below.
 template <typename T>
 struct V2MMinBlocks {
   static constexpr bool kDouble =
       sizeof(typename AccumType<T>::type) == sizeof(double);
   static constexpr int forward = kDouble ? 3 : 5;
   static constexpr int backward = kDouble ? 2 : 3;
+  // One state (no per-step arrays of sums over states). Forward: as many
+  // blocks as the shared memory of V2M-S*'s passes (56 x 56, gate,
+  // per-pixel B or C: 26 KiB a block in float) leaves on an H100, at 61
+  // registers (bf16, sm_90) without spills. Backward: 128 registers (a
+  // 4-byte spill in bf16 and fp16; 5 blocks would spill 16 bytes), where
+  // the shared memory (35 KiB a block for per-pixel B, 44 KiB for C)
+  // would allow 6 or 5.
+  static constexpr int one_state_forward = kDouble ? 4 : 8;
+  static constexpr int one_state_backward = kDouble ? 2 : 4;
 };
 
 template <typename T>
@@ -455,7 +519,9 @@ __global__ void __launch_bounds__(kV2MMaxThreads, V2MMinBlocks<T>::forward)
         }
         carry[n * block.threads + block.me] = h;
       }
-      __syncthreads();  // the next group restages B and C
+      // The next group restages B and C; after the last one, the barrier
+      // before the stores orders the tiles.
+      if (group_first + group < p.dstate) __syncthreads();
     }
 #pragma unroll
     for (int s = 0; s < kV2MChunk; ++s) {
@@ -647,18 +713,23 @@ __global__ void __launch_bounds__(kV2MMaxThreads, V2MMinBlocks<T>::backward)
         }
         if (p.var_B || p.var_C) {
           __syncthreads();
-          if (p.var_B)
-            v2m_add_channel_sums(
-                static_cast<acc_t *>(p.dB) + matrix_plane + n * pixels,
-                tile_dB, p, block, box);
-          if (p.var_C)
-            v2m_add_channel_sums(
-                static_cast<acc_t *>(p.dC) + matrix_plane + n * pixels,
-                tile_dC, p, block, box);
-          __syncthreads();  // the next state rewrites the tiles
+          v2m_add_channel_sums(
+              p.var_B ? static_cast<acc_t *>(p.dB) + matrix_plane +
+                            n * pixels
+                      : nullptr,
+              tile_dB,
+              p.var_C ? static_cast<acc_t *>(p.dC) + matrix_plane +
+                            n * pixels
+                      : nullptr,
+              tile_dC, p, block, box);
+          // The next state rewrites the dB / dC tiles and the next group
+          // restages B and C (without per-pixel B and C nothing is staged
+          // and no barrier is needed between groups). After the last state
+          // only a thread's own rows of the other tiles are written before
+          // the barrier ahead of the stores.
+          if (n + 1 < p.dstate) __syncthreads();
         }
       }
-      __syncthreads();  // the next group restages B and C
     }
 #pragma unroll
     for (int s = 0; s < kV2MChunk; ++s) {
@@ -702,26 +773,273 @@ __global__ void __launch_bounds__(kV2MMaxThreads, V2MMinBlocks<T>::backward)
       atomicAdd(static_cast<acc_t *>(p.ddelta_bias) + block.channel_index,
                 dbias);
   }
-  // Weight i = c * dstate + n of the block's channels: the sum over the
-  // lines of channel c (the last chunk's __syncthreads ordered the sums).
-  const int first_weight =
-      (block.corner * p.dim + block.channel_first) * p.dstate;
-  for (int i = block.me; i < block.channels_here * p.dstate;
-       i += block.threads) {
-    const int first = (i % p.dstate) * block.threads +
-                      (i / p.dstate) * p.block_lines;
-    acc_t dA = acc_t(0), dB = acc_t(0), dC = acc_t(0);
-    for (int l = 0; l < block.lines_here; ++l) {
-      dA += sum_dA[first + l];
-      if (!p.var_B) dB += sum_dB[first + l];
-      if (!p.var_C) dC += sum_dC[first + l];
-    }
-    atomicAdd(static_cast<acc_t *>(p.dA) + first_weight + i, dA);
-    if (!p.var_B)
-      atomicAdd(static_cast<acc_t *>(p.dB) + first_weight + i, dB);
-    if (!p.var_C)
-      atomicAdd(static_cast<acc_t *>(p.dC) + first_weight + i, dC);
+  // The last chunk's __syncthreads ordered the per-thread sums.
+  v2m_add_weight_sums(sum_dA, sum_dB, sum_dC, p, block);
+}
+
+// The weights of the thread's channel for one state (N = 1): A (scaled
+// for v2m_decay as scaled_A), and B and C where constant; zeros for a
+// thread beyond the map.
+template <typename acc_t>
+struct V2MOneStateWeights {
+  acc_t A, scaled_A, B, C;
+
+  __device__ V2MOneStateWeights(const V2MScanParams &p,
+                                const V2MBlock<acc_t> &block) {
+    auto weight = [&](const void *source) {
+      return block.valid
+                 ? static_cast<const acc_t *>(source)[block.channel_index]
+                 : acc_t(0);
+    };
+    A = weight(p.A);
+    scaled_A = A * kV2MDecayScale<acc_t>;
+    B = p.var_B ? acc_t(0) : weight(p.B);
+    C = p.var_C ? acc_t(0) : weight(p.C);
   }
+};
+
+// Forward for one state (V2M-S*, the V2M pyramid): the carried state stays
+// in a register, every step is finished where it is computed (no per-step
+// arrays), and a chunk costs three barriers.
+template <typename T>
+__global__ void __launch_bounds__(kV2MMaxThreads,
+                                  V2MMinBlocks<T>::one_state_forward)
+    v2m_corner_scan_one_state_fwd_kernel(V2MScanParams p) {
+  using acc_t = typename AccumType<T>::type;
+  extern __shared__ __align__(16) unsigned char v2m_shared[];
+  acc_t *shared = reinterpret_cast<acc_t *>(v2m_shared);
+  const V2MSharedLayout layout = v2m_shared_layout(p, false);
+  const V2MBlock<acc_t> block(p);
+  const V2MOneStateWeights<acc_t> weights(p, block);
+  acc_t *tile_u = shared + layout.u;
+  acc_t *tile_delta = shared + layout.delta;  // delta, then the output
+  acc_t *tile_z = shared + layout.z;
+
+  const long long pixels = block.pixels;
+  const long long feature_plane =
+      (block.corner_index * p.dim + block.channel_first) * pixels;
+  const long long shared_plane =
+      (block.corner_index / p.corners * p.dim + block.channel_first) *
+      pixels;
+  const T *z = p.z ? static_cast<const T *>(p.z) +
+                         (p.shared_z ? shared_plane : feature_plane)
+                   : nullptr;
+  acc_t *const feature_tiles[3] = {tile_u, tile_delta, tile_z};
+  const T *const feature_sources[3] = {
+      static_cast<const T *>(p.u) +
+          (p.shared_u ? shared_plane : feature_plane),
+      static_cast<const T *>(p.delta) + feature_plane, z};
+  const long long matrix_plane = block.corner_index * pixels;
+  acc_t *const matrix_tiles[2] = {shared + layout.B, shared + layout.C};
+  const acc_t *tile_B = matrix_tiles[0];
+  const acc_t *tile_C = matrix_tiles[1];
+  T *out = static_cast<T *>(p.out) + feature_plane;
+  const int row = block.me * kV2MTileStride;
+  const int matrix_row = block.local_line * kV2MTileStride;
+
+  acc_t h = acc_t(0);
+  for (int chunk = 0; chunk < p.num_chunks; ++chunk) {
+    const V2MChunkBox box(chunk, block.length, block.backwards);
+    if (chunk > 0 && block.valid)
+      static_cast<acc_t *>(
+          p.chunk_states)[block.chunk_state_index(p, chunk, 0)] = h;
+    v2m_stage<kV2MStageBatch>(feature_tiles, feature_sources,
+                              p.block_channels, block.channels_here, p,
+                              block, box);
+    v2m_stage_matrices<T>(matrix_tiles, matrix_plane, 1, p, block, box);
+    __syncthreads();
+#pragma unroll
+    for (int s = 0; s < kV2MChunk; ++s) {
+      if (s < box.size) {
+        const int column = row + s;
+        const acc_t u = tile_u[column];
+        const acc_t dt = v2m_step_size(p, tile_delta[column] + block.bias);
+        const acc_t b = p.var_B ? tile_B[matrix_row + s] : weights.B;
+        const acc_t c = p.var_C ? tile_C[matrix_row + s] : weights.C;
+        h = v2m_decay(dt * weights.scaled_A) * h + dt * u * b;
+        acc_t value = c * h + block.D * u;
+        if (z) {
+          const acc_t gate = tile_z[column];
+          value *= gate * sigmoid_acc(gate);
+        }
+        tile_delta[column] = value;
+      }
+    }
+    __syncthreads();
+    v2m_for_each_output(p, block, box, [&](long long offset, int slot) {
+      out[offset] = from_acc<T>(tile_delta[slot]);
+    });
+    __syncthreads();  // the next chunk restages the tiles
+  }
+}
+
+// Backward for one state: the chunk start is loaded into a register, the
+// chunk's states are recomputed into registers, and the reverse walk
+// finishes every step where it reaches it (ddelta, du, the dz of the gate
+// and the per-pixel dB and dC go straight to the thread's tile rows), so
+// that the channel sums of dB and dC and the stores of the other gradients
+// share one pass between two barriers: three barriers per chunk.
+template <typename T>
+__global__ void __launch_bounds__(kV2MMaxThreads,
+                                  V2MMinBlocks<T>::one_state_backward)
+    v2m_corner_scan_one_state_bwd_kernel(V2MScanParams p) {
+  using acc_t = typename AccumType<T>::type;
+  extern __shared__ __align__(16) unsigned char v2m_shared[];
+  acc_t *shared = reinterpret_cast<acc_t *>(v2m_shared);
+  const V2MSharedLayout layout = v2m_shared_layout(p, true);
+  const V2MBlock<acc_t> block(p);
+  const V2MOneStateWeights<acc_t> weights(p, block);
+  acc_t *tile_u = shared + layout.u;          // u, then du
+  acc_t *tile_delta = shared + layout.delta;  // delta, dt, then ddelta
+  acc_t *tile_z = shared + layout.z;          // z, then dz
+  acc_t *tile_dout = shared + layout.dout;    // dout, then per-pixel dB
+  acc_t *tile_dB = shared + layout.dB;        // tile_dout (the layout)
+  acc_t *tile_dC = shared + layout.dC;
+
+  const long long pixels = block.pixels;
+  const long long feature_plane =
+      (block.corner_index * p.dim + block.channel_first) * pixels;
+  const long long shared_plane =
+      (block.corner_index / p.corners * p.dim + block.channel_first) *
+      pixels;
+  const long long u_plane = p.shared_u ? shared_plane : feature_plane;
+  const long long z_plane = p.shared_z ? shared_plane : feature_plane;
+  const T *z = p.z ? static_cast<const T *>(p.z) + z_plane : nullptr;
+  acc_t *const feature_tiles[4] = {tile_u, tile_delta, tile_z, tile_dout};
+  const T *const feature_sources[4] = {
+      static_cast<const T *>(p.u) + u_plane,
+      static_cast<const T *>(p.delta) + feature_plane, z,
+      static_cast<const T *>(p.dout) + feature_plane};
+  const long long matrix_plane = block.corner_index * pixels;
+  acc_t *const matrix_tiles[2] = {shared + layout.B, shared + layout.C};
+  const acc_t *tile_B = matrix_tiles[0];
+  const acc_t *tile_C = matrix_tiles[1];
+  acc_t *dB_plane =
+      p.var_B ? static_cast<acc_t *>(p.dB) + matrix_plane : nullptr;
+  acc_t *dC_plane =
+      p.var_C ? static_cast<acc_t *>(p.dC) + matrix_plane : nullptr;
+  T *ddelta_out = static_cast<T *>(p.ddelta) + feature_plane;
+  acc_t *du_out = static_cast<acc_t *>(p.du) + u_plane;
+  acc_t *dz_out = z ? static_cast<acc_t *>(p.dz) + z_plane : nullptr;
+  const int row = block.me * kV2MTileStride;
+  const int matrix_row = block.local_line * kV2MTileStride;
+  // carried: a g at the start of the chunk after the current one.
+  acc_t carried = acc_t(0), dD = acc_t(0), dbias = acc_t(0);
+  acc_t sum_dA = acc_t(0), sum_dB = acc_t(0), sum_dC = acc_t(0);
+
+  for (int chunk = p.num_chunks - 1; chunk >= 0; --chunk) {
+    const V2MChunkBox box(chunk, block.length, block.backwards);
+    // Issued before the staging loads, so that their latencies overlap.
+    const acc_t start =
+        chunk > 0 && block.valid
+            ? static_cast<const acc_t *>(
+                  p.chunk_states)[block.chunk_state_index(p, chunk, 0)]
+            : acc_t(0);
+    v2m_stage<kV2MStageBatch>(feature_tiles, feature_sources,
+                              p.block_channels, block.channels_here, p,
+                              block, box);
+    v2m_stage_matrices<T>(matrix_tiles, matrix_plane, 1, p, block, box);
+    __syncthreads();
+    acc_t h[kV2MChunk];
+    acc_t state = start;
+#pragma unroll
+    for (int s = 0; s < kV2MChunk; ++s) {
+      if (s < box.size) {
+        const int column = row + s;
+        const acc_t dt = v2m_step_size(p, tile_delta[column] + block.bias);
+        const acc_t b = p.var_B ? tile_B[matrix_row + s] : weights.B;
+        tile_delta[column] = dt;
+        state = v2m_decay(dt * weights.scaled_A) * state +
+                dt * b * tile_u[column];
+        h[s] = state;
+      }
+    }
+#pragma unroll
+    for (int s = kV2MChunk - 1; s >= 0; --s) {
+      if (s < box.size) {
+        const int column = row + s;
+        const acc_t u = tile_u[column];
+        const acc_t b = p.var_B ? tile_B[matrix_row + s] : weights.B;
+        const acc_t c = p.var_C ? tile_C[matrix_row + s] : weights.C;
+        const acc_t dt = tile_delta[column];
+        // Recomputed, not kept from the loop above: 16 registers less.
+        const acc_t a = v2m_decay(dt * weights.scaled_A);
+        const acc_t before = s > 0 ? h[s - 1] : start;
+        acc_t dy = tile_dout[column];
+        if (z) {
+          const acc_t gate_input = tile_z[column];
+          const acc_t gate = sigmoid_acc(gate_input);
+          // dz = factor (y + D u) with y = C h.
+          tile_z[column] = dy * gate *
+                           (acc_t(1) + gate_input * (acc_t(1) - gate)) *
+                           (c * h[s] + block.D * u);
+          dy *= gate_input * gate;
+        }
+        const acc_t g = c * dy + carried;
+        carried = g * a;
+        sum_dA += g * before * a * dt;
+        const acc_t ddt = g * (before * a * weights.A + b * u);
+        // dt = softplus(pre) has the slope sigmoid(pre) = 1 - exp(-dt)
+        // (expm1: exact also where dt is tiny).
+        const acc_t ddelta =
+            p.delta_softplus ? -ddt * expm1(-dt) : ddt;
+        dbias += ddelta;
+        dD += dy * u;
+        tile_delta[column] = ddelta;
+        tile_u[column] = g * dt * b + block.D * dy;
+        const acc_t dB = g * dt * u;
+        const acc_t dC = dy * h[s];
+        // dout of this step is read above: its slot takes dB.
+        if (p.var_B) {
+          tile_dB[column] = block.valid ? dB : acc_t(0);
+        } else {
+          sum_dB += dB;
+        }
+        if (p.var_C) {
+          tile_dC[column] = block.valid ? dC : acc_t(0);
+        } else {
+          sum_dC += dC;
+        }
+      }
+    }
+    __syncthreads();
+    // Shared u and z collect every corner's gradient: atomic adds.
+    v2m_for_each_output(p, block, box, [&](long long offset, int slot) {
+      ddelta_out[offset] = from_acc<T>(tile_delta[slot]);
+      if (p.shared_u) {
+        atomicAdd(du_out + offset, tile_u[slot]);
+      } else {
+        du_out[offset] = tile_u[slot];
+      }
+      if (dz_out) {
+        if (p.shared_z) {
+          atomicAdd(dz_out + offset, tile_z[slot]);
+        } else {
+          dz_out[offset] = tile_z[slot];
+        }
+      }
+    });
+    if (p.var_B || p.var_C)
+      v2m_add_channel_sums(dB_plane, tile_dB, dC_plane, tile_dC, p, block,
+                           box);
+    __syncthreads();  // the next chunk restages the tiles
+  }
+  if (block.valid) {
+    if (p.dD) atomicAdd(static_cast<acc_t *>(p.dD) + block.channel_index, dD);
+    if (p.ddelta_bias)
+      atomicAdd(static_cast<acc_t *>(p.ddelta_bias) + block.channel_index,
+                dbias);
+  }
+  // The per-thread weight sums go through the (free) tiles of the weight
+  // gradients to be summed over each channel's lines.
+  acc_t *weight_sums_A = shared + layout.dA;
+  acc_t *weight_sums_B = shared + layout.dB_const;
+  acc_t *weight_sums_C = shared + layout.dC_const;
+  weight_sums_A[block.me] = sum_dA;
+  if (!p.var_B) weight_sums_B[block.me] = sum_dB;
+  if (!p.var_C) weight_sums_C[block.me] = sum_dC;
+  __syncthreads();
+  v2m_add_weight_sums(weight_sums_A, weight_sums_B, weight_sums_C, p, block);
 }
 
 template <typename T>
@@ -759,8 +1077,12 @@ void v2m_corner_scan_launch(const V2MScanParams &params, bool backward) {
   const dim3 block(p.block_channels * p.block_lines);
   const int bytes = static_cast<int>(shared_bytes());
   const auto stream = at::cuda::getCurrentCUDAStream();
-  auto kernel = backward ? v2m_corner_scan_bwd_kernel<T>
-                         : v2m_corner_scan_fwd_kernel<T>;
+  const bool one_state = p.dstate == 1;
+  auto kernel =
+      backward ? (one_state ? v2m_corner_scan_one_state_bwd_kernel<T>
+                            : v2m_corner_scan_bwd_kernel<T>)
+               : (one_state ? v2m_corner_scan_one_state_fwd_kernel<T>
+                            : v2m_corner_scan_fwd_kernel<T>);
   C10_CUDA_CHECK(cudaFuncSetAttribute(
       kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   kernel<<<grid, block, bytes, stream>>>(p);
