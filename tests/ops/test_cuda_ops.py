@@ -3,11 +3,7 @@
 Every kernel output and every input gradient is compared with the float64
 references of mmssm/ops/reference.py on fresh random inputs.
 """
-import os
-import shutil
-import subprocess
-import sys
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import pytest
 import torch
@@ -16,16 +12,10 @@ from torch import Tensor
 from mmssm.ops import cuda_ops
 from mmssm.ops.reference import (cross_selective_scan_reference,
                                  selective_scan_reference)
+from cuda_testing import (ALL_DTYPES, TOLERANCES, assert_sanitizer_clean,
+                          needs_sanitizer, relative_error, sample)
 
-# Largest relative error ‖actual − expected‖ / ‖expected‖ per input dtype.
-TOLERANCES = {
-    torch.float64: 1e-10,
-    torch.float32: 1e-5,
-    torch.float16: 5e-3,
-    torch.bfloat16: 1e-2,
-}
 WEIGHT_NAMES = ('A', 'D', 'delta_bias')
-ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def weight_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -33,24 +23,8 @@ def weight_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def relative_error(actual: Tensor, expected: Tensor) -> float:
-    """Relative error in float64; inf where ``actual`` is not finite."""
-    actual, expected = actual.double(), expected.double()
-    if not torch.isfinite(actual).all():
-        return float('inf')
-    return ((actual - expected).norm() /
-            expected.norm().clamp_min(1e-30)).item()
 
 
-def sample(shape: Sequence[int], scale: float = 1.0, shift: float = 0.0,
-           contiguous: bool = True) -> Tensor:
-    """Fresh normal samples on the GPU; else a transposed (strided) view."""
-    if contiguous:
-        return torch.randn(*shape, device='cuda') * scale + shift
-    swapped = list(shape)
-    swapped[-1], swapped[-2] = swapped[-2], swapped[-1]
-    return (torch.randn(*swapped, device='cuda') * scale +
-            shift).transpose(-1, -2)
 
 
 def errors_against_reference(inputs: Dict[str, Optional[Tensor]], compiled,
@@ -264,8 +238,7 @@ def test_torch_compile_full_graph():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(shutil.which('compute-sanitizer') is None,
-                    reason='compute-sanitizer is not on PATH')
+@needs_sanitizer
 def test_kernels_memcheck_clean():
     script = (
         'import torch\n'
@@ -287,17 +260,11 @@ def test_kernels_memcheck_clean():
         '    cuda_ops.cross_selective_scan_cuda(x, d, A4, bc, bc,\n'
         '        delta_softplus=True).sum().backward()\n'
         'torch.cuda.synchronize()\n')
-    result = subprocess.run(
-        ['compute-sanitizer', '--tool', 'memcheck', '--error-exitcode', '3',
-         sys.executable, '-c', script],
-        capture_output=True, text=True, env=dict(os.environ))
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert 'ERROR SUMMARY: 0 errors' in result.stdout
+    assert_sanitizer_clean('memcheck', script)
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(shutil.which('compute-sanitizer') is None,
-                    reason='compute-sanitizer is not on PATH')
+@needs_sanitizer
 def test_forward_kernels_racecheck_clean():
     # Shared-memory hazards of the forward kernels (tiles staged, walked and
     # read back between barriers); chunk length 40 runs both passes.
@@ -318,12 +285,7 @@ def test_forward_kernels_racecheck_clean():
         'A4 = -torch.rand(12, 2, device="cuda")\n'
         'cuda_ops.cross_selective_scan_cuda(x, d, A4, bc, bc)\n'
         'torch.cuda.synchronize()\n')
-    result = subprocess.run(
-        ['compute-sanitizer', '--tool', 'racecheck', '--error-exitcode', '3',
-         sys.executable, '-c', script],
-        capture_output=True, text=True, env=dict(os.environ))
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert 'RACECHECK SUMMARY: 0 hazards' in result.stdout
+    assert_sanitizer_clean('racecheck', script)
 
 
 def test_cpu_input_is_refused_with_a_clear_error():
@@ -622,13 +584,9 @@ def test_thread_backward_kernel_matches_warp_kernel(monkeypatch):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(shutil.which('compute-sanitizer') is None,
-                    reason='compute-sanitizer is not on PATH')
-@pytest.mark.parametrize('tool,summary', [
-    ('memcheck', 'ERROR SUMMARY: 0 errors'),
-    ('racecheck', 'RACECHECK SUMMARY: 0 hazards'),
-])
-def test_thread_backward_kernel_sanitizer_clean(tool, summary):
+@needs_sanitizer
+@pytest.mark.parametrize('tool', ['memcheck', 'racecheck'])
+def test_thread_backward_kernel_sanitizer_clean(tool):
     # Two blocks per segment (70 channels), two chunks with a partial last
     # tile (300 positions), variable and constant B/C, both orders.
     script = (
@@ -647,9 +605,4 @@ def test_thread_backward_kernel_sanitizer_clean(tool, summary):
         '        cuda_ops.selective_scan_cuda(u, u, A, B, C, None, None,\n'
         '            None, True, reverse=reverse).sum().backward()\n'
         'torch.cuda.synchronize()\n')
-    result = subprocess.run(
-        ['compute-sanitizer', '--tool', tool, '--error-exitcode', '3',
-         sys.executable, '-c', script],
-        capture_output=True, text=True, env=dict(os.environ))
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert summary in result.stdout
+    assert_sanitizer_clean(tool, script)

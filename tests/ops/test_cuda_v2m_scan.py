@@ -4,10 +4,6 @@ csrc/common/cuda/v2m_corner_scan_kernel.cuh).
 The output and every input gradient are compared with the float64 naive
 loop reference ``v2m_corner_scan_reference`` on fresh random inputs.
 """
-import os
-import shutil
-import subprocess
-import sys
 from typing import Dict, Optional, Sequence, Union
 
 import pytest
@@ -16,37 +12,15 @@ from torch import Tensor
 
 from mmssm.ops import backend, compiled_ops_available, cuda_ops
 from mmssm.ops.v2m_scan import v2m_corner_scan, v2m_corner_scan_reference
+from cuda_testing import (ALL_DTYPES, TOLERANCES, assert_sanitizer_clean,
+                          needs_sanitizer, relative_error, sample)
 
-# Largest relative error ‖actual − expected‖ / ‖expected‖ per input dtype.
-TOLERANCES = {
-    torch.float64: 1e-10,
-    torch.float32: 1e-5,
-    torch.float16: 5e-3,
-    torch.bfloat16: 1e-2,
-}
 WEIGHT_NAMES = ('A', 'D', 'delta_bias')
-ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 ALL_CORNERS = ('tl', 'tr', 'bl', 'br')
 
 
-def relative_error(actual: Tensor, expected: Tensor) -> float:
-    """Relative error in float64; inf where ``actual`` is not finite."""
-    actual, expected = actual.double(), expected.double()
-    if not torch.isfinite(actual).all():
-        return float('inf')
-    return ((actual - expected).norm() /
-            expected.norm().clamp_min(1e-30)).item()
 
 
-def sample(shape: Sequence[int], scale: float = 1.0, shift: float = 0.0,
-           contiguous: bool = True) -> Tensor:
-    """Fresh normal samples on the GPU; else a strided (transposed) view."""
-    if contiguous:
-        return torch.randn(*shape, device='cuda') * scale + shift
-    swapped = list(shape)
-    swapped[-1], swapped[-2] = swapped[-2], swapped[-1]
-    return (torch.randn(*swapped, device='cuda') * scale +
-            shift).transpose(-1, -2)
 
 
 def corner_inputs(
@@ -342,14 +316,9 @@ def test_v2m_torch_compile_full_graph():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(shutil.which('compute-sanitizer') is None,
-                    reason='compute-sanitizer is not on PATH')
-@pytest.mark.parametrize('tool,clean', [
-    ('memcheck', 'ERROR SUMMARY: 0 errors'),
-    ('racecheck', 'RACECHECK SUMMARY: 0 hazards'),
-    ('synccheck', 'ERROR SUMMARY: 0 errors'),
-])
-def test_v2m_sanitizer_clean(tool, clean):
+@needs_sanitizer
+@pytest.mark.parametrize('tool', ['memcheck', 'racecheck', 'synccheck'])
+def test_v2m_sanitizer_clean(tool):
     # Blocks stage tiles in shared memory between barriers: 19 positions
     # make two chunks, 17 lines two line tiles, 5 states two state groups;
     # per-pixel B with a constant C, then a constant B with per-pixel C and
@@ -375,12 +344,7 @@ def test_v2m_sanitizer_clean(tool, clean):
         '    cuda_ops.v2m_corner_scan_cuda(u, d, A[:, :1], c[:, :1],\n'
         '        b[:, :, :1], None, u, None, False, axis).sum().backward()\n'
         'torch.cuda.synchronize()\n')
-    result = subprocess.run(
-        ['compute-sanitizer', '--tool', tool, '--error-exitcode', '3',
-         sys.executable, '-c', script],
-        capture_output=True, text=True, env=dict(os.environ))
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert clean in result.stdout, result.stdout[-4000:]
+    assert_sanitizer_clean(tool, script)
 
 
 def test_v2m_refuses_cpu_input_and_bad_axis():

@@ -4,11 +4,7 @@ csrc/common/cuda/wavefront_scan_kernel.cuh).
 The output and every input gradient are compared with the float64
 pixel-by-pixel reference of mmssm/ops/reference.py on fresh random inputs.
 """
-import os
-import shutil
-import subprocess
-import sys
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import pytest
 import torch
@@ -17,36 +13,14 @@ from torch import Tensor
 from mmssm.ops import (backend, compiled_ops_available, cuda_ops,
                        wavefront_scan_2d)
 from mmssm.ops.reference import wavefront_scan_2d_reference
+from cuda_testing import (ALL_DTYPES, TOLERANCES, assert_sanitizer_clean,
+                          needs_sanitizer, relative_error, sample)
 
-# Largest relative error ‖actual − expected‖ / ‖expected‖ per input dtype.
-TOLERANCES = {
-    torch.float64: 1e-10,
-    torch.float32: 1e-5,
-    torch.float16: 5e-3,
-    torch.bfloat16: 1e-2,
-}
 WEIGHT_NAMES = ('A_t', 'A_l', 'D', 'delta_bias_t', 'delta_bias_l')
-ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def relative_error(actual: Tensor, expected: Tensor) -> float:
-    """Relative error in float64; inf where ``actual`` is not finite."""
-    actual, expected = actual.double(), expected.double()
-    if not torch.isfinite(actual).all():
-        return float('inf')
-    return ((actual - expected).norm() /
-            expected.norm().clamp_min(1e-30)).item()
 
 
-def sample(shape: Sequence[int], scale: float = 1.0, shift: float = 0.0,
-           contiguous: bool = True) -> Tensor:
-    """Fresh normal samples on the GPU; else a strided (transposed) view."""
-    if contiguous:
-        return torch.randn(*shape, device='cuda') * scale + shift
-    swapped = list(shape)
-    swapped[-1], swapped[-2] = swapped[-2], swapped[-1]
-    return (torch.randn(*swapped, device='cuda') * scale +
-            shift).transpose(-1, -2)
 
 
 def wavefront_inputs(batch: int, height: int, width: int, channels: int,
@@ -188,8 +162,7 @@ def test_wavefront_torch_compile_full_graph():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(shutil.which('compute-sanitizer') is None,
-                    reason='compute-sanitizer is not on PATH')
+@needs_sanitizer
 def test_wavefront_memcheck_clean():
     script = (
         'import torch\n'
@@ -203,12 +176,7 @@ def test_wavefront_memcheck_clean():
         '    cuda_ops.wavefront_scan_2d_cuda(x, x, x, A, A, bc, bc, bc, D,\n'
         '        D, D, True, origin).sum().backward()\n'
         'torch.cuda.synchronize()\n')
-    result = subprocess.run(
-        ['compute-sanitizer', '--tool', 'memcheck', '--error-exitcode', '3',
-         sys.executable, '-c', script],
-        capture_output=True, text=True, env=dict(os.environ))
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert 'ERROR SUMMARY: 0 errors' in result.stdout
+    assert_sanitizer_clean('memcheck', script)
 
 
 def test_wavefront_refuses_cpu_input_and_bad_origin():
