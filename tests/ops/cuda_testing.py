@@ -1,11 +1,11 @@
 """Helpers shared by the tests of the compiled scan kernels
-(tests/ops/test_cuda_*.py): error measure, tolerances, GPU samples and the
-compute-sanitizer runner."""
+(tests/ops/test_cuda_*.py): the comparison with a float64 reference, its
+error measure and tolerances, GPU samples and the compute-sanitizer runner."""
 import os
 import shutil
 import subprocess
 import sys
-from typing import Sequence
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import pytest
 import torch
@@ -39,6 +39,97 @@ def relative_error(actual: Tensor, expected: Tensor) -> float:
         return float('inf')
     return ((actual - expected).norm() /
             expected.norm().clamp_min(1e-30)).item()
+
+
+def weight_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Weights stay float32 next to half-precision activations."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def worst_element(actual: Tensor, expected: Tensor) -> str:
+    """Index and values of the largest absolute difference, for messages."""
+    difference = (actual.double() - expected.double()).abs()
+    difference = torch.nan_to_num(difference, nan=float('inf'))
+    index = tuple(
+        int(i) for i in torch.unravel_index(difference.argmax(),
+                                            difference.shape))
+    return (f'{index}: {actual[index].item():.6g} vs '
+            f'{expected[index].item():.6g}')
+
+
+def errors_against_reference(
+        inputs: Dict[str, Optional[Tensor]], compiled: Callable[..., Tensor],
+        reference: Callable[..., Tensor], dtype: torch.dtype,
+        is_weight: Callable[[str, Tensor], bool],
+        **kwargs) -> Dict[str, Union[float, str]]:
+    """Relative errors of the output and of every input gradient, and where
+    the worst element of a tensor over the tolerance lies.
+
+    Each float32 sample is cast to ``dtype`` (those ``is_weight(name,
+    value)`` picks to :func:`weight_dtype`) for the compiled op, and the same
+    values to float64 for the reference; both get the same output gradient.
+    An input the reference leaves without a gradient (unused by a map, e.g.
+    the top path of a single row) is expected to get zeros from the kernel.
+
+    Args:
+        inputs: Keyword inputs of both ops (None for an absent one).
+        compiled: The compiled op.
+        reference: The float64 reference op.
+        dtype: Activation dtype of the compiled op.
+        is_weight: Whether an input keeps the weight dtype.
+        **kwargs: Further arguments of both ops.
+
+    Returns:
+        ``'out'`` and ``'d<input>'`` relative errors, and ``'worst <key>'``
+        messages for those over :data:`TOLERANCES`.
+    """
+    mine, ref = {}, {}
+    for name, value in inputs.items():
+        if value is None:
+            mine[name] = ref[name] = None
+            continue
+        cast = weight_dtype(dtype) if is_weight(name, value) else dtype
+        mine[name] = value.detach().to(cast).requires_grad_()
+        ref[name] = value.detach().to(cast).double().requires_grad_()
+    out = compiled(**mine, **kwargs)
+    expected = reference(**ref, **kwargs)
+    assert out.dtype == dtype and out.shape == expected.shape
+    grad_out = torch.randn_like(expected)
+    out.backward(grad_out.to(dtype))
+    expected.backward(grad_out)
+    compared = {'out': (out, expected)}
+    for name, value in mine.items():
+        if value is not None:
+            assert value.grad is not None and value.grad.dtype == value.dtype
+            expected_grad = ref[name].grad
+            if expected_grad is None:
+                expected_grad = torch.zeros_like(ref[name])
+            compared['d' + name] = (value.grad, expected_grad)
+    errors = {}
+    for key, (actual, wanted) in compared.items():
+        errors[key] = relative_error(actual, wanted)
+        if not errors[key] <= TOLERANCES[dtype]:
+            errors['worst ' + key] = worst_element(actual, wanted)
+    return errors
+
+
+def over_tolerance(errors: Dict[str, Union[float, str]],
+                   dtype: torch.dtype) -> Dict[str, Union[float, str]]:
+    """The entries of :func:`errors_against_reference` that fail ``dtype``'s
+    tolerance, with their worst-element messages."""
+    return {
+        k: v
+        for k, v in errors.items()
+        if isinstance(v, str) or not v <= TOLERANCES[dtype]
+    }
+
+
+def assert_close(errors: Dict[str, Union[float, str]],
+                 dtype: torch.dtype) -> None:
+    """Every error of :func:`errors_against_reference` within tolerance."""
+    bad = over_tolerance(errors, dtype)
+    assert not bad, f'{dtype}: relative errors over {TOLERANCES[dtype]}: ' \
+        f'{bad} (all: {errors})'
 
 
 def sample(shape: Sequence[int], scale: float = 1.0, shift: float = 0.0,

@@ -3,7 +3,7 @@
 Every kernel output and every input gradient is compared with the float64
 references of mmssm/ops/reference.py on fresh random inputs.
 """
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import pytest
 import torch
@@ -12,56 +12,22 @@ from torch import Tensor
 from mmssm.ops import cuda_ops
 from mmssm.ops.reference import (cross_selective_scan_reference,
                                  selective_scan_reference)
-from cuda_testing import (ALL_DTYPES, TOLERANCES, assert_sanitizer_clean,
-                          needs_sanitizer, relative_error, sample)
+import cuda_testing
+from cuda_testing import (ALL_DTYPES, TOLERANCES, assert_close,
+                          assert_sanitizer_clean, needs_sanitizer,
+                          over_tolerance, relative_error, sample)
 
 WEIGHT_NAMES = ('A', 'D', 'delta_bias')
 
 
-def weight_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Weights stay float32 next to half-precision activations."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-
-
-
-
 def errors_against_reference(inputs: Dict[str, Optional[Tensor]], compiled,
                              reference, dtype: torch.dtype,
-                             **kwargs) -> Dict[str, float]:
-    """Relative errors of the output and of every input gradient.
-
-    Each float32 sample is cast to ``dtype`` (weights to
-    :func:`weight_dtype`) for the compiled op, and the same values to float64
-    for the reference; both get the same output gradient.
-    """
-    mine, ref = {}, {}
-    for name, value in inputs.items():
-        if value is None:
-            mine[name] = ref[name] = None
-            continue
-        cast = weight_dtype(dtype) if name in WEIGHT_NAMES else dtype
-        mine[name] = value.detach().to(cast).requires_grad_()
-        ref[name] = value.detach().to(cast).double().requires_grad_()
-    out = compiled(**mine, **kwargs)
-    expected = reference(**ref, **kwargs)
-    assert out.dtype == dtype and out.shape == expected.shape
-    grad_out = torch.randn_like(expected)
-    out.backward(grad_out.to(dtype))
-    expected.backward(grad_out)
-    errors = {'out': relative_error(out, expected)}
-    for name, value in mine.items():
-        if value is not None:
-            assert value.grad is not None and value.grad.dtype == value.dtype
-            errors['d' + name] = relative_error(value.grad, ref[name].grad)
-    return errors
-
-
-def assert_close(errors: Dict[str, float], dtype: torch.dtype) -> None:
-    bad = {k: v for k, v in errors.items() if not v <= TOLERANCES[dtype]}
-    assert not bad, f'{dtype}: relative errors over {TOLERANCES[dtype]}: ' \
-        f'{bad} (all: {errors})'
+                             **kwargs) -> Dict[str, Union[float, str]]:
+    """:func:`cuda_testing.errors_against_reference`; A, D and delta_bias
+    are the weights."""
+    return cuda_testing.errors_against_reference(
+        inputs, compiled, reference, dtype,
+        lambda name, value: name in WEIGHT_NAMES, **kwargs)
 
 
 def selective_scan_inputs(batch: int, dim: int, length: int, dstate: int,
@@ -552,7 +518,7 @@ def test_thread_backward_kernel_cases(dtype, monkeypatch):
         errors = errors_against_reference(
             inputs, cuda_ops.selective_scan_cuda, selective_scan_reference,
             dtype, delta_softplus=options, reverse=reverse)
-        bad = {k: v for k, v in errors.items() if not v <= TOLERANCES[dtype]}
+        bad = over_tolerance(errors, dtype)
         if bad:
             failures.append(f'batch={batch} dim={dim} length={length} '
                             f'dstate={dstate} {bc_layout}/{groups} '

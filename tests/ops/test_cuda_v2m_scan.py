@@ -12,7 +12,8 @@ from torch import Tensor
 
 from mmssm.ops import backend, compiled_ops_available, cuda_ops
 from mmssm.ops.v2m_scan import v2m_corner_scan, v2m_corner_scan_reference
-from cuda_testing import (ALL_DTYPES, TOLERANCES, assert_sanitizer_clean,
+import cuda_testing
+from cuda_testing import (ALL_DTYPES, assert_close, assert_sanitizer_clean,
                           needs_sanitizer, relative_error, sample)
 
 WEIGHT_NAMES = ('A', 'D', 'delta_bias')
@@ -66,67 +67,12 @@ def corner_inputs(
 def errors_against_reference(inputs: Dict[str, Optional[Tensor]],
                              dtype: torch.dtype,
                              **kwargs) -> Dict[str, Union[float, str]]:
-    """Relative errors of the output and of every input gradient, and where
-    the worst element of a tensor over the tolerance lies.
-
-    Activations are cast to ``dtype`` (weights and constant B/C stay
-    float32, or float64) for the compiled op and the same values to float64
-    for the reference; both get the same output gradient.
-    """
-    weight_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    mine, ref = {}, {}
-    for name, value in inputs.items():
-        if value is None:
-            mine[name] = ref[name] = None
-            continue
-        is_weight = name in WEIGHT_NAMES or value.dim() == 2
-        cast = weight_dtype if is_weight else dtype
-        mine[name] = value.detach().to(cast).requires_grad_()
-        ref[name] = value.detach().to(cast).double().requires_grad_()
-    out = cuda_ops.v2m_corner_scan_cuda(**mine, **kwargs)
-    expected = v2m_corner_scan_reference(**ref, **kwargs)
-    assert out.dtype == dtype and out.shape == expected.shape
-    grad_out = torch.randn_like(expected)
-    out.backward(grad_out.to(dtype))
-    expected.backward(grad_out)
-    errors = {'out': relative_error(out, expected)}
-    for name, value in mine.items():
-        if value is not None:
-            assert value.grad is not None and value.grad.dtype == value.dtype
-            # The reference leaves inputs unused by a map (e.g. the top
-            # path of a single row) without a gradient: the kernel's is 0.
-            expected_grad = ref[name].grad
-            if expected_grad is None:
-                expected_grad = torch.zeros_like(ref[name])
-            errors['d' + name] = relative_error(value.grad, expected_grad)
-            if not errors['d' + name] <= TOLERANCES[dtype]:
-                errors['worst d' + name] = worst_element(
-                    value.grad, expected_grad)
-    if not errors['out'] <= TOLERANCES[dtype]:
-        errors['worst out'] = worst_element(out, expected)
-    return errors
-
-
-def worst_element(actual: Tensor, expected: Tensor) -> str:
-    """Index and values of the largest absolute difference, for messages."""
-    difference = (actual.double() - expected.double()).abs()
-    difference = torch.nan_to_num(difference, nan=float('inf'))
-    index = tuple(
-        int(i) for i in torch.unravel_index(difference.argmax(),
-                                            difference.shape))
-    return (f'{index}: {actual[index].item():.6g} vs '
-            f'{expected[index].item():.6g}')
-
-
-def assert_close(errors: Dict[str, Union[float, str]],
-                 dtype: torch.dtype) -> None:
-    bad = {
-        k: v
-        for k, v in errors.items()
-        if isinstance(v, str) or not v <= TOLERANCES[dtype]
-    }
-    assert not bad, f'{dtype}: relative errors over {TOLERANCES[dtype]}: ' \
-        f'{bad} (all: {errors})'
+    """:func:`cuda_testing.errors_against_reference` of the corner scan;
+    A, D, delta_bias and constant (2-D) B/C are the weights."""
+    return cuda_testing.errors_against_reference(
+        inputs, cuda_ops.v2m_corner_scan_cuda, v2m_corner_scan_reference,
+        dtype, lambda name, value: name in WEIGHT_NAMES or value.dim() == 2,
+        **kwargs)
 
 
 @pytest.mark.cuda

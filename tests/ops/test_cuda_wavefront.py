@@ -4,7 +4,7 @@ csrc/common/cuda/wavefront_scan_kernel.cuh).
 The output and every input gradient are compared with the float64
 pixel-by-pixel reference of mmssm/ops/reference.py on fresh random inputs.
 """
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import pytest
 import torch
@@ -13,7 +13,8 @@ from torch import Tensor
 from mmssm.ops import (backend, compiled_ops_available, cuda_ops,
                        wavefront_scan_2d)
 from mmssm.ops.reference import wavefront_scan_2d_reference
-from cuda_testing import (ALL_DTYPES, TOLERANCES, assert_sanitizer_clean,
+import cuda_testing
+from cuda_testing import (ALL_DTYPES, assert_close, assert_sanitizer_clean,
                           needs_sanitizer, relative_error, sample)
 
 WEIGHT_NAMES = ('A_t', 'A_l', 'D', 'delta_bias_t', 'delta_bias_l')
@@ -45,45 +46,12 @@ def wavefront_inputs(batch: int, height: int, width: int, channels: int,
 
 def errors_against_reference(inputs: Dict[str, Optional[Tensor]],
                              dtype: torch.dtype,
-                             **kwargs) -> Dict[str, float]:
-    """Relative errors of the output and of every input gradient.
-
-    Activations are cast to ``dtype`` (weights stay float32, or float64) for
-    the compiled op and the same values to float64 for the reference; both
-    get the same output gradient.
-    """
-    weight_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    mine, ref = {}, {}
-    for name, value in inputs.items():
-        if value is None:
-            mine[name] = ref[name] = None
-            continue
-        cast = weight_dtype if name in WEIGHT_NAMES else dtype
-        mine[name] = value.detach().to(cast).requires_grad_()
-        ref[name] = value.detach().to(cast).double().requires_grad_()
-    out = cuda_ops.wavefront_scan_2d_cuda(**mine, **kwargs)
-    expected = wavefront_scan_2d_reference(**ref, **kwargs)
-    assert out.dtype == dtype and out.shape == expected.shape
-    grad_out = torch.randn_like(expected)
-    out.backward(grad_out.to(dtype))
-    expected.backward(grad_out)
-    errors = {'out': relative_error(out, expected)}
-    for name, value in mine.items():
-        if value is not None:
-            assert value.grad is not None and value.grad.dtype == value.dtype
-            # The reference leaves inputs unused by a map (e.g. the top
-            # path of a single row) without a gradient: the kernel's is 0.
-            expected_grad = ref[name].grad
-            if expected_grad is None:
-                expected_grad = torch.zeros_like(ref[name])
-            errors['d' + name] = relative_error(value.grad, expected_grad)
-    return errors
-
-
-def assert_close(errors: Dict[str, float], dtype: torch.dtype) -> None:
-    bad = {k: v for k, v in errors.items() if not v <= TOLERANCES[dtype]}
-    assert not bad, f'{dtype}: relative errors over {TOLERANCES[dtype]}: ' \
-        f'{bad} (all: {errors})'
+                             **kwargs) -> Dict[str, Union[float, str]]:
+    """:func:`cuda_testing.errors_against_reference` of the wavefront op;
+    A, D and the delta biases are the weights."""
+    return cuda_testing.errors_against_reference(
+        inputs, cuda_ops.wavefront_scan_2d_cuda, wavefront_scan_2d_reference,
+        dtype, lambda name, value: name in WEIGHT_NAMES, **kwargs)
 
 
 @pytest.mark.cuda
