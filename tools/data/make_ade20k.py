@@ -20,12 +20,12 @@ Example:
     python tools/data/make_ade20k.py data/demo_ade20k --num-train 16 \
         --num-val 4 --size 128 128
 """
-import argparse
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from shapes import SHAPE_COLOURS, shape_polygon
+from shapes import (SHAPE_COLOURS, check_dataset_size, parse_dataset_args,
+                    shape_polygon)
 
 BACKGROUND_CLASS = 1
 # ADE20K class index (1..150) of each shape.
@@ -104,37 +104,17 @@ def make_ade20k(out_dir: Path, num_train: int = 16, num_val: int = 4,
         seed: Seed of the generator; the output is a function of the
             arguments only.
     """
+    check_dataset_size(num_train, num_val, size)
     height, width = size
-    if num_train < 1 or num_val < 1:
-        raise ValueError('num_train and num_val must be >= 1, got '
-                         f'{num_train} and {num_val}')
-    if min(height, width) < 32:
-        raise ValueError(f'size must be at least 32x32, got {height}x{width}')
     rng = np.random.default_rng(seed)
     write_split(out_dir, 'training', 'ADE_train', num_train, height, width,
                 rng)
     write_split(out_dir, 'validation', 'ADE_val', num_val, height, width, rng)
 
 
-def parse_args() -> argparse.Namespace:
-    """Command line of the script.
-
-    Returns:
-        The parsed arguments.
-    """
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('out', type=Path, help='dataset root to write')
-    parser.add_argument('--num-train', type=int, default=16)
-    parser.add_argument('--num-val', type=int, default=4)
-    parser.add_argument('--size', type=int, nargs=2, default=(128, 128),
-                        metavar=('H', 'W'))
-    parser.add_argument('--seed', type=int, default=0)
-    return parser.parse_args()
-
-
 def main() -> None:
     """Write the dataset given on the command line."""
-    args = parse_args()
+    args = parse_dataset_args(__doc__.split('\n')[0], 16, 4)
     make_ade20k(args.out, args.num_train, args.num_val, tuple(args.size),
                 args.seed)
     print(f'ADE20K-layout dataset written to {args.out} '

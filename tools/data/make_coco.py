@@ -21,14 +21,14 @@ Example:
     python tools/data/make_coco.py data/demo_coco --num-train 32 \
         --num-val 8 --size 128 128 --seed 0
 """
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
-from shapes import SHAPE_COLOURS, SHAPES, shape_polygon
+from shapes import (SHAPE_COLOURS, SHAPES, check_dataset_size,
+                    parse_dataset_args, shape_polygon)
 
 CATEGORIES = SHAPES
 # Base RGB colour of each category (jittered per instance).
@@ -167,36 +167,16 @@ def make_coco(out_dir: Path, num_train: int = 32, num_val: int = 8,
         seed: Seed of the generator; the output is a function of the
             arguments only.
     """
+    check_dataset_size(num_train, num_val, size)
     height, width = size
-    if num_train < 1 or num_val < 1:
-        raise ValueError('num_train and num_val must be >= 1, got '
-                         f'{num_train} and {num_val}')
-    if min(height, width) < 32:
-        raise ValueError(f'size must be at least 32x32, got {height}x{width}')
     rng = np.random.default_rng(seed)
     write_split(out_dir, 'train2017', num_train, height, width, rng, 1)
     write_split(out_dir, 'val2017', num_val, height, width, rng, 100001)
 
 
-def parse_args() -> argparse.Namespace:
-    """Command line of the script.
-
-    Returns:
-        The parsed arguments.
-    """
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('out', type=Path, help='dataset root to write')
-    parser.add_argument('--num-train', type=int, default=32)
-    parser.add_argument('--num-val', type=int, default=8)
-    parser.add_argument('--size', type=int, nargs=2, default=(128, 128),
-                        metavar=('H', 'W'))
-    parser.add_argument('--seed', type=int, default=0)
-    return parser.parse_args()
-
-
 def main() -> None:
     """Write the dataset given on the command line."""
-    args = parse_args()
+    args = parse_dataset_args(__doc__.split('\n')[0], 32, 8)
     make_coco(args.out, args.num_train, args.num_val, tuple(args.size),
               args.seed)
     print(f'COCO-format dataset written to {args.out} '
