@@ -11,6 +11,7 @@ Usage:
         [--skip-pytorch]
 """
 import argparse
+import contextlib
 import os
 import statistics
 from dataclasses import dataclass
@@ -18,19 +19,21 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from mmssm.ops import (backend, cross_selective_scan, selective_scan,
-                       v2m_corner_scan, wavefront_scan_2d)
+from mmssm.ops import (backend, causal_conv1d, cross_selective_scan,
+                       selective_scan, v2m_corner_scan, wavefront_scan_2d)
 from mmssm.ops.dispatch import FORCE_PYTORCH_ENV
 
 
 @dataclass
 class Case:
-    """One benchmarked call: a name, an input factory and its byte count."""
+    """One benchmarked call: a name, an input factory, its byte count and
+    the CUDA autocast dtype it runs under (None: no autocast)."""
     op: str
     name: str
     make_inputs: Callable[[], Dict[str, torch.Tensor]]
     kwargs: dict
     essential_bytes: int
+    autocast: Optional[torch.dtype] = None
 
 
 def element_bytes(dtype: torch.dtype) -> int:
@@ -169,6 +172,26 @@ def v2m_pass_case(name: str, batch: int, dim: int, height: int, width: int,
                 dict(delta_softplus=True, axis=axis), traffic)
 
 
+def causal_conv1d_case(name: str, batch: int, channels: int, length: int,
+                       kernel: int, dtype: torch.dtype) -> Case:
+    """A Vim mixer's short convolution + SiLU of one direction, under
+    autocast as in mixed-precision inference: x in the autocast dtype,
+    float32 weight and bias (the PyTorch path is cuDNN's F.conv1d, a slice
+    and a SiLU)."""
+
+    def make_inputs() -> Dict[str, torch.Tensor]:
+        return dict(
+            x=torch.randn(batch, channels, length, device='cuda',
+                          dtype=dtype).requires_grad_(),
+            weight=(torch.randn(channels, 1, kernel, device='cuda') *
+                    0.5).requires_grad_(),
+            bias=torch.randn(channels, device='cuda').requires_grad_())
+
+    traffic = 2 * batch * channels * length * element_bytes(dtype)
+    return Case('causal_conv1d', name, make_inputs,
+                dict(activation='silu'), traffic, autocast=dtype)
+
+
 def benchmark_cases() -> List[Case]:
     bf16, fp16 = torch.bfloat16, torch.float16
     return [
@@ -208,13 +231,20 @@ def benchmark_cases() -> List[Case]:
                       64, 768, 14, 14, 16, 'row', bf16),
         v2m_pass_case('V2M-S plain 224² b64 col pass (D=768, 14×14, N=16)',
                       64, 768, 14, 14, 16, 'col', bf16),
+        causal_conv1d_case('Vim-T conv 224² b128 (E=384, L=197, K=4)', 128,
+                           384, 197, 4, bf16),
+        causal_conv1d_case('Vim-S conv 224² b64 (E=768, L=197, K=4)', 64,
+                           768, 197, 4, bf16),
+        causal_conv1d_case('Vim-S conv 1024² b8 (E=768, L=4097, K=4)', 8, 768,
+                           4097, 4, bf16),
     ]
 
 
 OPS = {'selective_scan': selective_scan,
        'cross_selective_scan': cross_selective_scan,
        'wavefront_scan_2d': wavefront_scan_2d,
-       'v2m_corner_scan': v2m_corner_scan}
+       'v2m_corner_scan': v2m_corner_scan,
+       'causal_conv1d': causal_conv1d}
 
 
 def time_ms(fn: Callable[[], None], warmup: int, repeats: int) -> float:
@@ -253,13 +283,19 @@ def run_case(case: Case, pytorch_path: bool, repeats: int) -> Dict[str, float]:
         op = OPS[case.op]
         grad_out = None
 
+        def autocast():
+            if case.autocast is None:
+                return contextlib.nullcontext()
+            return torch.autocast('cuda', dtype=case.autocast)
+
         def forward():
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 op(**inputs, **case.kwargs)
 
         def forward_backward():
             nonlocal grad_out
-            out = op(**inputs, **case.kwargs)
+            with autocast():
+                out = op(**inputs, **case.kwargs)
             if grad_out is None:
                 grad_out = torch.randn_like(out)
             torch.autograd.backward(out, grad_out,

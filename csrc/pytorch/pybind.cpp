@@ -25,6 +25,20 @@ std::vector<at::Tensor> selective_scan_backward(
     int64_t height, int64_t width, bool reverse, int64_t num_threads,
     int64_t num_items, const std::string &kernel);
 
+std::vector<at::Tensor> cross_scan_forward(
+    const at::Tensor &u, const at::Tensor &delta, const at::Tensor &A,
+    const at::Tensor &B, const at::Tensor &C,
+    const c10::optional<at::Tensor> &D,
+    const c10::optional<at::Tensor> &delta_bias, bool delta_softplus);
+
+std::vector<at::Tensor> cross_scan_backward(
+    const at::Tensor &u, const at::Tensor &delta, const at::Tensor &A,
+    const at::Tensor &B, const at::Tensor &C,
+    const c10::optional<at::Tensor> &D,
+    const c10::optional<at::Tensor> &delta_bias, const at::Tensor &dout,
+    const at::Tensor &chunk_states, const at::Tensor &line_dt,
+    bool delta_softplus);
+
 std::vector<at::Tensor> wavefront_scan_forward(
     const at::Tensor &x, const at::Tensor &delta_t, const at::Tensor &delta_l,
     const at::Tensor &A_t, const at::Tensor &A_l, const at::Tensor &B_t,
@@ -59,6 +73,15 @@ std::vector<at::Tensor> v2m_corner_scan_backward(
     const at::Tensor &chunk_states, bool delta_softplus, bool axis_col,
     int64_t backwards_mask);
 
+at::Tensor causal_conv1d_forward(const at::Tensor &x, const at::Tensor &weight,
+                                 const c10::optional<at::Tensor> &bias,
+                                 bool reverse, bool silu);
+
+std::vector<at::Tensor> causal_conv1d_backward(
+    const at::Tensor &x, const at::Tensor &weight,
+    const c10::optional<at::Tensor> &bias, const at::Tensor &dout,
+    bool reverse, bool silu);
+
 }  // namespace mmssm
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -78,6 +101,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("delta_softplus"), py::arg("num_dirs"), py::arg("height"),
         py::arg("width"), py::arg("reverse"), py::arg("num_threads"),
         py::arg("num_items"), py::arg("kernel"));
+  m.def("cross_scan_forward", &mmssm::cross_scan_forward,
+        "Tiled cross scan forward: returns (out, chunk_states, line_dt)",
+        py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"),
+        py::arg("C"), py::arg("D"), py::arg("delta_bias"),
+        py::arg("delta_softplus"));
+  m.def("cross_scan_backward", &mmssm::cross_scan_backward,
+        "Tiled cross scan backward: returns (du, ddelta, dA, dB, dC, dD, "
+        "ddelta_bias)",
+        py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"),
+        py::arg("C"), py::arg("D"), py::arg("delta_bias"), py::arg("dout"),
+        py::arg("chunk_states"), py::arg("line_dt"),
+        py::arg("delta_softplus"));
   m.def("wavefront_scan_forward", &mmssm::wavefront_scan_forward,
         "Mamba2D wavefront scan forward: returns (out, boundary states)",
         py::arg("x"), py::arg("delta_t"), py::arg("delta_l"), py::arg("A_t"),
@@ -106,4 +141,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("C"), py::arg("D"), py::arg("z"), py::arg("delta_bias"),
         py::arg("dout"), py::arg("chunk_states"), py::arg("delta_softplus"),
         py::arg("axis_col"), py::arg("backwards_mask"));
+  m.def("causal_conv1d_forward", &mmssm::causal_conv1d_forward,
+        "Causal depthwise conv1d (+ SiLU) forward: returns out", py::arg("x"),
+        py::arg("weight"), py::arg("bias"), py::arg("reverse"),
+        py::arg("silu"));
+  m.def("causal_conv1d_backward", &mmssm::causal_conv1d_backward,
+        "Causal depthwise conv1d (+ SiLU) backward: returns (dx, dweight, "
+        "dbias)",
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("dout"),
+        py::arg("reverse"), py::arg("silu"));
 }

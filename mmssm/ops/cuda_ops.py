@@ -12,7 +12,10 @@ or as VMamba's four cross-scan directions of a 2D map (``num_dirs == 4``),
 reading every direction's inputs at their pixels and adding the four outputs
 into one map, so no (B, 4, D, H*W) copy is made.
 
-Two more kernel families serve the 2D scans: ``mmssm::wavefront_scan_fwd/bwd``
+VMamba's cross scan with few states has its own tiled kernels
+(``mmssm::cross_scan_fwd/bwd``: every row or column scanned by one thread,
+the lines joined by a carry pass). Two more kernel families serve the 2D
+scans: ``mmssm::wavefront_scan_fwd/bwd``
 (Mamba2D's wavefront recurrence, one launch per pass over the whole map) and
 ``mmssm::v2m_corner_scan_fwd/bwd`` (one row or column pass of V2M's corner
 scan, walking each corner's lines by indexing).
@@ -370,19 +373,138 @@ def cross_selective_scan_cuda(u: Tensor,
             raise ValueError(f'{name} must have shape {shape} for u of shape '
                              f'{tuple(u.shape)} and A of shape '
                              f'{tuple(A.shape)}, got {tuple(tensor.shape)}')
+    weights = (_weight(A, accum, 'A'), _weight(D, accum, 'D'),
+               _weight(delta_bias, accum, 'delta_bias'))
+    if _cross_uses_tiles(batch, dim, num_states):
+        out, _, _ = _cross_forward(u.contiguous(),
+                                   delta.to(dtype).contiguous(), weights[0],
+                                   B.to(dtype).contiguous(),
+                                   C.to(dtype).contiguous(), weights[1],
+                                   weights[2], delta_softplus)
+        return out.to(dtype)
     length = height * width
     out, _, _ = _scan_forward(
         u.reshape(batch, dim, length).contiguous(),
         delta.to(dtype).reshape(batch, _CROSS_DIRECTIONS * dim,
-                                length).contiguous(),
-        _weight(A, accum, 'A'),
+                                length).contiguous(), weights[0],
         B.to(dtype).reshape(batch, _CROSS_DIRECTIONS, num_states,
                             length).contiguous(),
         C.to(dtype).reshape(batch, _CROSS_DIRECTIONS, num_states,
-                            length).contiguous(),
-        _weight(D, accum, 'D'), None, _weight(delta_bias, accum, 'delta_bias'),
-        delta_softplus, _CROSS_DIRECTIONS, height, width, False)
+                            length).contiguous(), weights[1], None,
+        weights[2], delta_softplus, _CROSS_DIRECTIONS, height, width, False)
     return out.to(dtype).reshape(batch, dim, height, width)
+
+
+# VMamba's cross scan runs on the tiled line-scan kernels
+# (csrc/common/cuda/cross_scan_kernel.cuh) where there are few sequences
+# (batch * 4 * dim below _CROSS_TILED_MAX_SEQUENCES) of up to
+# _CROSS_TILED_MAX_STATES states: every row or column is scanned on its own
+# by one thread through shared-memory tiles and the lines are joined by a
+# carry pass, so a few long walks (detection maps at batch 2) still give
+# thousands of independent lines. Many sequences fill the GPU with the
+# selective-scan kernels' cross layout (one sequence per block or warp),
+# which measured faster there. H100, VMamba-T, fp16, fwd+bwd ms (tiled /
+# cross layout): stage 1 1280x800 batch 2 (768 sequences) 3.35 / 5.16;
+# 224² batch 64, stage 1 (24576) 4.55 / 3.93, stage 3 (98304) 2.05 / 1.55.
+_CROSS_TILED_MAX_STATES = 4
+_CROSS_TILED_MAX_SEQUENCES = 8192
+# Positions per chunk of the tiled kernels (kCrossChunk in
+# csrc/common/cross_scan_params.h), which size the saved chunk states.
+_CROSS_CHUNK = 16
+
+
+def _cross_uses_tiles(batch: int, dim: int, num_states: int) -> bool:
+    """Whether a cross scan runs on the tiled kernels (see above)."""
+    return (num_states <= _CROSS_TILED_MAX_STATES and
+            batch * _CROSS_DIRECTIONS * dim < _CROSS_TILED_MAX_SEQUENCES)
+
+
+@torch.library.custom_op('mmssm::cross_scan_fwd', mutates_args=())
+def _cross_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                   D: Optional[Tensor], delta_bias: Optional[Tensor],
+                   delta_softplus: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Tiled kernels' forward; returns (out, chunk states, line step sums).
+
+    ``out`` is in the accumulation dtype (float32, or float64).
+    """
+    out, chunk_states, line_dt = _extension().cross_scan_forward(
+        u, delta, A, B, C, D, delta_bias, delta_softplus)
+    return out, chunk_states, line_dt
+
+
+def _cross_buffer_shapes(u: Tensor, A: Tensor) -> tuple[tuple, tuple]:
+    """Shapes of the chunk states and line step sums the forward saves."""
+    batch, dim, height, width = u.shape
+    max_lines = max(height, width)
+    max_chunks = -(-max_lines // _CROSS_CHUNK)
+    return ((batch, _CROSS_DIRECTIONS, dim, A.shape[1], max_chunks,
+             max_lines), (batch, _CROSS_DIRECTIONS, dim, max_lines))
+
+
+@_cross_forward.register_fake
+def _cross_forward_fake(u, delta, A, B, C, D, delta_bias, delta_softplus):
+    accum = _accum_dtype(u.dtype)
+    chunk_shape, line_shape = _cross_buffer_shapes(u, A)
+    return (u.new_empty(u.shape, dtype=accum),
+            u.new_empty(chunk_shape, dtype=accum),
+            u.new_empty(line_shape, dtype=accum))
+
+
+@torch.library.custom_op('mmssm::cross_scan_bwd', mutates_args=())
+def _cross_backward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                    D: Optional[Tensor], delta_bias: Optional[Tensor],
+                    dout: Tensor, chunk_states: Tensor, line_dt: Tensor,
+                    delta_softplus: bool) -> list[Tensor]:
+    """Tiled kernels' backward; returns (du, ddelta, dA, dB, dC, dD,
+    ddelta_bias), du, dB and dC in the accumulation dtype; absent optional
+    inputs get empty gradients."""
+    return list(_extension().cross_scan_backward(
+        u, delta, A, B, C, D, delta_bias, dout, chunk_states, line_dt,
+        delta_softplus))
+
+
+@_cross_backward.register_fake
+def _cross_backward_fake(u, delta, A, B, C, D, delta_bias, dout,
+                         chunk_states, line_dt, delta_softplus):
+    accum = _accum_dtype(u.dtype)
+    empty = u.new_empty(0, dtype=accum)
+    return [
+        u.new_empty(u.shape, dtype=accum),
+        torch.empty_like(delta),
+        A.new_empty(A.shape),
+        B.new_empty(B.shape, dtype=accum),
+        C.new_empty(C.shape, dtype=accum),
+        D.new_empty(D.shape) if D is not None else empty,
+        (delta_bias.new_empty(delta_bias.shape)
+         if delta_bias is not None else empty),
+    ]
+
+
+def _cross_setup_context(ctx, inputs, output) -> None:
+    u, delta, A, B, C, D, delta_bias, delta_softplus = inputs
+    _, chunk_states, line_dt = output
+    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, chunk_states,
+                          line_dt)
+    ctx.delta_softplus = delta_softplus
+    ctx.mark_non_differentiable(chunk_states, line_dt)
+
+
+def _cross_autograd_backward(ctx, dout, _dchunk_states, _dline_dt):
+    (u, delta, A, B, C, D, delta_bias, chunk_states,
+     line_dt) = ctx.saved_tensors
+    du, ddelta, dA, dB, dC, dD, ddelta_bias = _cross_backward(
+        u, delta, A, B, C, D, delta_bias,
+        dout.to(u.dtype).contiguous(), chunk_states, line_dt,
+        ctx.delta_softplus)
+    return (du.to(u.dtype), ddelta, dA, dB.to(B.dtype), dC.to(C.dtype),
+            dD if D is not None else None,
+            ddelta_bias if delta_bias is not None else None, None)
+
+
+torch.library.register_autograd(
+    'mmssm::cross_scan_fwd',
+    _cross_autograd_backward,
+    setup_context=_cross_setup_context)
 
 
 # Mamba2D's wavefront scan. A block owns a group of (channel, state) lanes of
@@ -745,3 +867,105 @@ def v2m_corner_scan_cuda(u: Tensor,
         _weight(delta_bias, accum, 'delta_bias'), delta_softplus,
         axis == 'col', _backwards_mask(tuple(corners), axis))
     return out
+
+
+# Causal depthwise conv1d (+ SiLU), Vim's and Mamba's short convolution: one
+# kernel computes out = act(bias + taps * x) in float32 (float64 for float64
+# inputs) from x in its own dtype and float32 weights; the backward kernel
+# recomputes SiLU's derivative from x and returns dx in x's dtype and the
+# weight and bias gradients in the accumulation dtype.
+_CONV_ACTIVATIONS = (None, 'silu')
+
+
+@torch.library.custom_op('mmssm::causal_conv1d_fwd', mutates_args=())
+def _conv_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                  reverse: bool, silu: bool) -> Tensor:
+    """Kernel forward; weight is (E, K) and bias (E,) in the accum dtype."""
+    return _extension().causal_conv1d_forward(x, weight, bias, reverse, silu)
+
+
+@_conv_forward.register_fake
+def _conv_forward_fake(x, weight, bias, reverse, silu):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op('mmssm::causal_conv1d_bwd', mutates_args=())
+def _conv_backward(x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                   dout: Tensor, reverse: bool, silu: bool) -> list[Tensor]:
+    """Kernel backward; returns (dx, dweight, dbias), dbias empty without a
+    bias."""
+    return list(_extension().causal_conv1d_backward(x, weight, bias, dout,
+                                                    reverse, silu))
+
+
+@_conv_backward.register_fake
+def _conv_backward_fake(x, weight, bias, dout, reverse, silu):
+    return [
+        torch.empty_like(x),
+        weight.new_empty(weight.shape),
+        bias.new_empty(bias.shape)
+        if bias is not None else weight.new_empty(0),
+    ]
+
+
+def _conv_setup_context(ctx, inputs, output) -> None:
+    x, weight, bias, reverse, silu = inputs
+    ctx.save_for_backward(x, weight, bias)
+    ctx.reverse = reverse
+    ctx.silu = silu
+
+
+def _conv_autograd_backward(ctx, dout):
+    x, weight, bias = ctx.saved_tensors
+    dx, dweight, dbias = _conv_backward(x, weight, bias,
+                                        dout.to(x.dtype).contiguous(),
+                                        ctx.reverse, ctx.silu)
+    return dx, dweight, dbias if bias is not None else None, None, None
+
+
+torch.library.register_autograd(
+    'mmssm::causal_conv1d_fwd',
+    _conv_autograd_backward,
+    setup_context=_conv_setup_context)
+
+
+def causal_conv1d_cuda(x: Tensor,
+                       weight: Tensor,
+                       bias: Optional[Tensor] = None,
+                       reverse: bool = False,
+                       activation: Optional[str] = None) -> Tensor:
+    """Causal depthwise conv1d (+ SiLU) with the compiled kernel.
+
+    See mmssm.ops.causal_conv1d. A custom op is not autocast-aware, so the
+    autocast policy of ``F.conv1d`` is applied here: under CUDA autocast a
+    non-float64 x is cast to the autocast dtype, which is the output dtype.
+    The weights stay in float32 (float64 for float64 inputs), at least as
+    precise as the autocast-cast weights of ``F.conv1d``.
+
+    Args:
+        x (Tensor): Input, (B, E, L); any strides.
+        weight (Tensor): Taps, (E, 1, K), 1 <= K <= 8.
+        bias (Tensor, optional): (E,).
+        reverse (bool): Anti-causal: position t sees t .. t + K - 1.
+        activation (str, optional): None or 'silu'.
+
+    Returns:
+        Tensor: (B, E, L) in x's dtype (or the autocast dtype).
+    """
+    if activation not in _CONV_ACTIVATIONS:
+        raise ValueError(f'activation must be one of {_CONV_ACTIVATIONS}, '
+                         f'got {activation!r}')
+    _check_input(x, 'x', 3, '(B, E, L)')
+    _check_input(weight, 'weight', 3, '(E, 1, K)')
+    dtype = x.dtype
+    if torch.is_autocast_enabled('cuda') and dtype != torch.float64:
+        dtype = torch.get_autocast_dtype('cuda')
+    if dtype not in _INPUT_DTYPES:
+        raise ValueError('x must be float32, float16, bfloat16 or float64 '
+                         f'for the compiled causal conv1d, got {dtype}')
+    accum = _accum_dtype(dtype)
+    channels, _, kernel = weight.shape
+    return _conv_forward(
+        x.to(dtype).contiguous(),
+        _weight(weight.reshape(channels, kernel), accum, 'weight'),
+        _weight(bias, accum, 'bias'), reverse, activation == 'silu')

@@ -6,9 +6,9 @@ from torch import nn
 
 from mmssm.models.layers.plain import (LayerNorm2d, MultiScaleAdapter,
                                        PaddedPatchEmbed, PlainResidualBlock,
-                                       RMSNorm, causal_depthwise_conv1d,
-                                       drop_path_rates, plain_layer_depth,
-                                       resize_pos_embed, tokens_to_map)
+                                       RMSNorm, drop_path_rates,
+                                       plain_layer_depth, resize_pos_embed,
+                                       tokens_to_map)
 
 
 def _insert_middle(patch_tokens: torch.Tensor,
@@ -165,45 +165,6 @@ def test_drop_path_rates():
     assert drop_path_rates(0.2, 1) == [0.0]
     with pytest.raises(ValueError, match='drop_path_rate'):
         drop_path_rates(1.5, 4)
-
-
-def test_causal_depthwise_conv1d_equals_truncated_padded_conv():
-    conv = nn.Conv1d(5, 5, 4, groups=5, padding=3).double()
-    x = torch.randn(2, 5, 9, dtype=torch.float64, requires_grad=True)
-    out = causal_depthwise_conv1d(x, conv.weight, conv.bias)
-    torch.testing.assert_close(out, conv(x)[..., :9])
-    # Causality: position 4 depends on inputs 1..4 only.
-    out[:, :, 4].sum().backward()
-    touched = x.grad.abs().sum(dim=(0, 1)) != 0
-    assert touched.tolist() == [False, True, True, True, True] + [False] * 4
-    with pytest.raises(ValueError, match=r'x must have shape \(B, 5, L\)'):
-        causal_depthwise_conv1d(torch.randn(2, 4, 9), conv.weight, conv.bias)
-
-
-def test_reverse_causal_conv1d_is_the_conv_of_the_flipped_sequence():
-    conv = nn.Conv1d(5, 5, 4, groups=5, padding=3).double()
-    x = torch.randn(2, 5, 11, dtype=torch.float64, requires_grad=True)
-    out = causal_depthwise_conv1d(x, conv.weight, conv.bias, reverse=True)
-    expected = causal_depthwise_conv1d(x.flip(-1), conv.weight,
-                                       conv.bias).flip(-1)
-    torch.testing.assert_close(out, expected)
-    # Anti-causality: position 4 depends on inputs 4..7 only.
-    out[:, :, 4].sum().backward()
-    touched = x.grad.abs().sum(dim=(0, 1)) != 0
-    assert touched.tolist() == [False] * 4 + [True] * 4 + [False] * 3
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize('reverse', [False, True])
-def test_causal_conv1d_cuda_matches_the_cpu_path(reverse):
-    weight = torch.randn(6, 1, 4, dtype=torch.float64)
-    bias = torch.randn(6, dtype=torch.float64)
-    # A transposed view, as the Vim mixer passes it.
-    x = torch.randn(3, 13, 6, dtype=torch.float64).transpose(1, 2)
-    expected = causal_depthwise_conv1d(x, weight, bias, reverse=reverse)
-    actual = causal_depthwise_conv1d(x.cuda(), weight.cuda(), bias.cuda(),
-                                     reverse=reverse)
-    torch.testing.assert_close(actual.cpu(), expected)
 
 
 def _layer_norm_2d(x, norm):

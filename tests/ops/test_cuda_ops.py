@@ -150,6 +150,65 @@ def test_cross_selective_scan_matches_reference(dtype, height, width):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize('dstate', [1, 3, 4, 5])
+@pytest.mark.parametrize('batch,dim,height,width', [
+    (1, 5, 37, 40),  # rows and columns in two line groups
+    (2, 4, 1, 300),  # one long row: many chunks, columns of one pixel
+    (1, 1, 300, 2),  # one channel (a partial channel group)
+    (2, 6, 31, 33),  # chunks of 16 with a partial last chunk
+])
+def test_cross_scan_tiles_and_states_match_reference(dstate, batch, dim,
+                                                     height, width):
+    # Up to 4 states run on the tiled kernels, 5 on the cross layout.
+    assert cuda_ops._cross_uses_tiles(batch, dim, dstate) == (dstate <= 4)
+    inputs = cross_inputs(batch, dim, height, width, dstate)
+    errors = errors_against_reference(
+        inputs, cuda_ops.cross_selective_scan_cuda,
+        cross_selective_scan_reference, torch.float32, delta_softplus=True)
+    assert_close(errors, torch.float32)
+
+
+def test_cross_scan_takes_tiles_for_few_sequences():
+    assert cuda_ops._cross_uses_tiles(2, 96, 1)  # VMamba-T 1280x800 batch 2
+    assert cuda_ops._cross_uses_tiles(2, 768, 4)  # stage 4, 4 states
+    assert not cuda_ops._cross_uses_tiles(64, 96, 1)  # 224² batch 64
+    assert not cuda_ops._cross_uses_tiles(2, 96, 5)  # too many states
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('step', [None, 20.0])
+def test_cross_scan_long_walks_match_pytorch_path(step):
+    # Detection-sized walks (hundreds of lines joined by the carry pass)
+    # are too long for the step-by-step reference: compare the float64
+    # kernels with mmssm's float64 PyTorch path, outputs and gradients.
+    # Steps of 20 make every line's decay underflow.
+    from mmssm.ops.cross_scan import _cross_selective_scan_pytorch
+    inputs = {
+        name: None if value is None else value.double()
+        for name, value in cross_inputs(1, 3, 120, 200, 2).items()
+    }
+    if step is not None:
+        inputs['delta'] = torch.full_like(inputs['delta'], step)
+    results = []
+    for implementation in (cuda_ops.cross_selective_scan_cuda,
+                           _cross_selective_scan_pytorch):
+        leaves = {
+            name: None if value is None else
+            value.detach().clone().requires_grad_()
+            for name, value in inputs.items()
+        }
+        out = implementation(**leaves, delta_softplus=True)
+        out.backward(torch.cos(torch.arange(out.numel(), device='cuda',
+                                            dtype=out.dtype)).view_as(out))
+        results.append([out] + [value.grad for value in leaves.values()
+                                if value is not None])
+    for name, kernel, pytorch in zip(
+            ['out', 'u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias'],
+            *results):
+        assert relative_error(kernel, pytorch) < 1e-8, name
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize('dstate', [1, 16])
 def test_cross_selective_scan_without_options(dstate):
     inputs = cross_inputs(1, 4, 11, 8, dstate, with_options=False)
@@ -179,6 +238,10 @@ def test_ops_pass_opcheck():
                   cross['delta_bias'], True, 4, 5, 7, False)
     torch.library.opcheck(torch.ops.mmssm.selective_scan_fwd.default,
                           cross_args)
+    torch.library.opcheck(
+        torch.ops.mmssm.cross_scan_fwd.default,
+        (cross['u'], cross['delta'], cross['A'], cross['B'], cross['C'],
+         cross['D'], cross['delta_bias'], True))
 
 
 @pytest.mark.cuda
@@ -221,10 +284,11 @@ def test_kernels_memcheck_clean():
         '    x = torch.randn(1, 3, 7, 5, device="cuda", dtype=dt)\n'
         '    x.requires_grad_()\n'
         '    d = torch.randn(1, 4, 3, 7, 5, device="cuda", dtype=dt)\n'
-        '    bc = torch.randn(1, 4, 2, 7, 5, device="cuda", dtype=dt)\n'
-        '    A4 = -torch.rand(12, 2, device="cuda", requires_grad=True)\n'
-        '    cuda_ops.cross_selective_scan_cuda(x, d, A4, bc, bc,\n'
-        '        delta_softplus=True).sum().backward()\n'
+        '    for n in (2, 5):  # tiled kernels, then the cross layout\n'
+        '        bc = torch.randn(1, 4, n, 7, 5, device="cuda", dtype=dt)\n'
+        '        A4 = -torch.rand(12, n, device="cuda", requires_grad=True)\n'
+        '        cuda_ops.cross_selective_scan_cuda(x, d, A4, bc, bc,\n'
+        '            delta_softplus=True).sum().backward()\n'
         'torch.cuda.synchronize()\n')
     assert_sanitizer_clean('memcheck', script)
 
@@ -247,11 +311,32 @@ def test_forward_kernels_racecheck_clean():
         '                                 True, reverse=True)\n'
         'x = torch.randn(1, 3, 7, 5, device="cuda")\n'
         'd = torch.randn(1, 4, 3, 7, 5, device="cuda")\n'
-        'bc = torch.randn(1, 4, 2, 7, 5, device="cuda")\n'
-        'A4 = -torch.rand(12, 2, device="cuda")\n'
+        'bc = torch.randn(1, 4, 5, 7, 5, device="cuda")\n'
+        'A4 = -torch.rand(12, 5, device="cuda")\n'
         'cuda_ops.cross_selective_scan_cuda(x, d, A4, bc, bc)\n'
         'torch.cuda.synchronize()\n')
     assert_sanitizer_clean('racecheck', script)
+
+
+@pytest.mark.cuda
+@needs_sanitizer
+@pytest.mark.parametrize('tool', ['memcheck', 'racecheck', 'synccheck'])
+def test_tiled_cross_scan_sanitizer_clean(tool):
+    # Two line groups of the rows, partial chunks and a partial channel
+    # group: every staging, write-back and carry path runs.
+    script = (
+        'import torch\n'
+        'from mmssm.ops import cuda_ops\n'
+        'for n in (1, 3):\n'
+        '    x = torch.randn(1, 5, 37, 21, device="cuda", requires_grad=True)\n'
+        '    d = torch.randn(1, 4, 5, 37, 21, device="cuda")\n'
+        '    bc = torch.randn(1, 4, n, 37, 21, device="cuda")\n'
+        '    A4 = -torch.rand(20, n, device="cuda", requires_grad=True)\n'
+        '    D = torch.randn(20, device="cuda", requires_grad=True)\n'
+        '    cuda_ops.cross_selective_scan_cuda(x, d, A4, bc, bc, D, D,\n'
+        '        delta_softplus=True).sum().backward()\n'
+        'torch.cuda.synchronize()\n')
+    assert_sanitizer_clean(tool, script)
 
 
 def test_cpu_input_is_refused_with_a_clear_error():
@@ -288,7 +373,8 @@ def test_every_backward_kernel_matches_reference(kernel, length,
         inputs, cuda_ops.selective_scan_cuda, selective_scan_reference,
         torch.float32, delta_softplus=True)
     assert_close(errors, torch.float32)
-    cross = cross_inputs(1, 3, 7, length // 7, 2)
+    # Five states take the selective-scan kernels' cross layout.
+    cross = cross_inputs(1, 3, 7, length // 7, 5)
     errors = errors_against_reference(
         cross, cuda_ops.cross_selective_scan_cuda,
         cross_selective_scan_reference, torch.float32, delta_softplus=True)
@@ -315,7 +401,7 @@ def test_every_block_config_matches_reference(num_threads, num_items,
             inputs, cuda_ops.selective_scan_cuda, selective_scan_reference,
             torch.float32, delta_softplus=True)
         assert_close(errors, torch.float32)
-    cross = cross_inputs(1, 2, 12, 25, 2)
+    cross = cross_inputs(1, 2, 12, 25, 5)
     errors = errors_against_reference(
         cross, cuda_ops.cross_selective_scan_cuda,
         cross_selective_scan_reference, torch.float32, delta_softplus=True)

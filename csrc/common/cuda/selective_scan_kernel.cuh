@@ -348,7 +348,9 @@ __global__ void __launch_bounds__(kNThreads)
 // length) layout. With several chunks per sequence a local pass first
 // stores each chunk's end state from a zero start and the sum of its steps;
 // the final pass composes those of the chunks before its own into its
-// start state.
+// start state. Mamba layout only: the cross layout's column-major directions
+// read one pixel per row, which these row tiles cannot coalesce (it keeps
+// the block forward kernel).
 constexpr int kThreadScanChannels = 64;  // threads (channels) per block
 constexpr int kThreadScanTile = 32;      // positions staged at a time
 
@@ -393,7 +395,7 @@ constexpr int thread_scan_min_blocks() {
   return kMaxN <= 16 ? 6 : kMaxN <= 32 ? 4 : 1;
 }
 
-template <typename T, int kMaxN, bool kCross, bool kLocalPass>
+template <typename T, int kMaxN, bool kLocalPass>
 __global__ void __launch_bounds__(kThreadScanChannels,
                                   thread_scan_min_blocks<kMaxN>())
     selective_scan_fwd_thread_kernel(SelectiveScanParams p) {
@@ -514,7 +516,7 @@ __global__ void __launch_bounds__(kThreadScanChannels,
     const int tile_length = min(kTile, t_end - t0);
     const bool valid_position = lane_position < tile_length;
     const int pos = valid_position
-                        ? sequence_position<kCross>(direction,
+                        ? sequence_position<false>(direction,
                                                     t0 + lane_position, p)
                         : 0;
     // The previous tile's outputs have been read out of the tiles.
@@ -619,11 +621,7 @@ __global__ void __launch_bounds__(kThreadScanChannels,
           static_cast<T *>(p.y_pregate)[at] = from_acc<T>(out);
           out *= z / (acc_t(1) + exp_acc(-z));
         }
-        if (kCross) {
-          atomicAdd(static_cast<acc_t *>(p.out) + at, out);
-        } else {
-          static_cast<T *>(p.out)[at] = from_acc<T>(out);
-        }
+        static_cast<T *>(p.out)[at] = from_acc<T>(out);
       }
     }
   }

@@ -49,7 +49,7 @@ void launch_block_layout(const SelectiveScanParams &params, bool backward) {
   }
 }
 
-template <typename T, int kMaxN, bool kCross>
+template <typename T, int kMaxN>
 void launch_thread_forward_states(const SelectiveScanParams &params) {
   using acc_t = typename AccumType<T>::type;
   const int segment = params.channels_per_segment;
@@ -63,35 +63,35 @@ void launch_thread_forward_states(const SelectiveScanParams &params) {
     // The last chunk's end state is never composed: no local pass for it.
     grid.z = params.num_forward_chunks - 1;
     launch_with_shared_memory(
-        selective_scan_fwd_thread_kernel<T, kMaxN, kCross, true>, grid,
+        selective_scan_fwd_thread_kernel<T, kMaxN, true>, grid,
         kThreadScanChannels, shared_bytes, params);
     grid.z = params.num_forward_chunks;
   }
   launch_with_shared_memory(
-      selective_scan_fwd_thread_kernel<T, kMaxN, kCross, false>, grid,
+      selective_scan_fwd_thread_kernel<T, kMaxN, false>, grid,
       kThreadScanChannels, shared_bytes, params);
 }
 
 // The thread-per-chunk forward for the smallest compiled number of register
 // states that holds dstate.
-template <typename T, bool kCross>
+template <typename T>
 void launch_thread_forward(const SelectiveScanParams &params) {
   static_assert(kThreadScanMaxStates == 64, "compiled state counts below");
   const int dstate = params.dstate;
   if (dstate <= 1) {
-    launch_thread_forward_states<T, 1, kCross>(params);
+    launch_thread_forward_states<T, 1>(params);
   } else if (dstate <= 2) {
-    launch_thread_forward_states<T, 2, kCross>(params);
+    launch_thread_forward_states<T, 2>(params);
   } else if (dstate <= 4) {
-    launch_thread_forward_states<T, 4, kCross>(params);
+    launch_thread_forward_states<T, 4>(params);
   } else if (dstate <= 8) {
-    launch_thread_forward_states<T, 8, kCross>(params);
+    launch_thread_forward_states<T, 8>(params);
   } else if (dstate <= 16) {
-    launch_thread_forward_states<T, 16, kCross>(params);
+    launch_thread_forward_states<T, 16>(params);
   } else if (dstate <= 32) {
-    launch_thread_forward_states<T, 32, kCross>(params);
+    launch_thread_forward_states<T, 32>(params);
   } else if (dstate <= 64) {
-    launch_thread_forward_states<T, 64, kCross>(params);
+    launch_thread_forward_states<T, 64>(params);
   } else {
     TORCH_CHECK(false, "selective scan: the thread-per-chunk forward kernel "
                 "holds at most ", kThreadScanMaxStates, " states, got dstate ",
@@ -164,7 +164,13 @@ void launch_scan(const SelectiveScanParams &params, ScanLayout layout,
       launch_thread_backward<T>(params);
     }
   } else if (layout == ScanLayout::kThreadPerChunk) {
-    launch_thread_forward<T, kCross>(params);
+    if constexpr (kCross) {
+      TORCH_CHECK(false, "selective scan: the thread-per-chunk forward "
+                  "kernel needs num_dirs 1 (the cross layout takes the block "
+                  "kernel, chunk_length 0), got ", params.num_dirs);
+    } else {
+      launch_thread_forward<T>(params);
+    }
   } else if (layout == ScanLayout::kWarpPerSequence) {
     launch_warp_backward<T, kCross>(params);
   } else if (num_threads == 32) {

@@ -24,15 +24,13 @@ import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmssm.ops import selective_scan
+from mmssm.ops import causal_conv1d, selective_scan
 from ..layers.plain import (Grid, MultiScaleAdapter, PaddedPatchEmbed,
                             PlainResidualBlock, RMSNorm, as_pair,
-                            causal_depthwise_conv1d, drop_path_rates,
-                            plain_layer_depth, residual_dtype,
-                            resize_pos_embed, tokens_to_map)
+                            drop_path_rates, plain_layer_depth,
+                            residual_dtype, resize_pos_embed, tokens_to_map)
 from ..official import SSMClassifier, register_official
 from ...registry import MODELS
 from .base import SSMBackbone
@@ -146,8 +144,8 @@ class BidirectionalMambaMixer(nn.Module):
         conv = getattr(self, 'conv1d' + suffix)
         dt_proj = getattr(self, 'dt_proj' + suffix)
         a_log = getattr(self, 'A' + suffix + '_log')
-        u = F.silu(
-            causal_depthwise_conv1d(x, conv.weight, conv.bias, reverse))
+        u = causal_conv1d(x, conv.weight, conv.bias, reverse,
+                          activation='silu')
         # Projections applied as W @ u keep the (B, channels, L) layout the
         # scan reads, so no transposed copy of u or delta is made.
         projected = torch.matmul(getattr(self, 'x_proj' + suffix).weight, u)

@@ -224,12 +224,22 @@ class SS2D(nn.Module):
         x = self.in_proj(x)
         if self.gated:
             x, z = x.chunk(2, dim=-1)
-        x = F.silu(self.dwconv(x.permute(0, 3, 1, 2)))
-        # Per-pixel projections for every route, kept at their pixels.
-        x_dbl = torch.einsum('bdhw,kcd->bkchw', x, self.x_proj_weight)
+        # The convolution keeps the channel-last strides of its input: one
+        # contiguous (B, D, H, W) copy serves the projections and the scan.
+        x = F.silu(self.dwconv(x.permute(0, 3, 1, 2))).contiguous()
+        batch, _, height, width = x.shape
+        routes = self.num_routes
+        # Per-pixel projections for every route, kept at their pixels, as
+        # W @ x products in the scan's layout (no transposed copies).
+        x_dbl = torch.matmul(self.x_proj_weight.flatten(0, 1),
+                             x.flatten(2)).view(batch, routes, -1,
+                                                height * width)
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state],
                                dim=2)
-        delta = torch.einsum('bkrhw,kdr->bkdhw', dt, self.dt_proj_weight)
+        delta = torch.matmul(self.dt_proj_weight, dt).view(
+            batch, routes, -1, height, width)
+        B = B.reshape(batch, routes, self.d_state, height, width)
+        C = C.reshape(batch, routes, self.d_state, height, width)
         y = cross_selective_scan(
             x,
             delta,

@@ -15,14 +15,13 @@ family-independent parts:
   (Vim, index ``M // 2``) kept in place.
 * :class:`RMSNorm` and :class:`PlainResidualBlock`: the authors' fused
   add + RMSNorm block in residual-stream form (see the block's docstring).
-* :func:`causal_depthwise_conv1d`: Mamba's short causal convolution.
 * :class:`MultiScaleAdapter`: the documented ViTDet-style simple feature
   pyramid that turns single-stride maps into strides 4/8/16/32.
 * :func:`drop_path_rates`, :func:`plain_layer_depth`, :func:`tokens_to_map`,
   :func:`residual_dtype`, :func:`as_pair`.
 """
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -326,50 +325,6 @@ def drop_path_rates(drop_path_rate: float, depth: int) -> List[float]:
             f'drop_path_rate must be in [0, 1), got {drop_path_rate}')
     # Plain floats: the rates must not depend on the default device (meta).
     return [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-
-
-def causal_depthwise_conv1d(x: torch.Tensor,
-                            weight: torch.Tensor,
-                            bias: Optional[torch.Tensor],
-                            reverse: bool = False) -> torch.Tensor:
-    """Depthwise convolution where position ``t`` sees ``t - K + 1 .. t``.
-
-    Equals Mamba's ``causal_conv1d_fn`` without activation, i.e. its
-    ``Conv1d(padding=K - 1)`` truncated to the first ``L`` outputs. With
-    ``reverse=True`` it is the same convolution run over the reversed
-    sequence and reversed back (position ``t`` sees ``t .. t + K - 1``), as
-    Vim's backward direction needs, without materialising either flip.
-
-    On the GPU this is one cuDNN depthwise ``conv1d`` (under autocast in the
-    autocast dtype). On the CPU it is a sum of ``K`` shifted, per-channel
-    scaled copies: PyTorch's CPU depthwise ``conv1d`` is ~25x slower in
-    float32 and ~1000x in float64.
-
-    Args:
-        x: ``(B, D, L)``; any strides.
-        weight: ``(D, 1, K)`` (an ``nn.Conv1d(D, D, K, groups=D)`` weight).
-        bias: ``(D,)`` or None.
-        reverse: Anti-causal: see the sequence from the end.
-
-    Returns:
-        ``(B, D, L)``.
-    """
-    channels, _, kernel = weight.shape
-    if x.dim() != 3 or x.shape[1] != channels:
-        raise ValueError(f'x must have shape (B, {channels}, L) to match '
-                         f'weight {tuple(weight.shape)}, got {tuple(x.shape)}')
-    length = x.shape[-1]
-    # Reversed, the sequence is read from the other side with the taps in
-    # the opposite order: out[t] = sum_k w[k] x[t + K - 1 - k].
-    taps = weight.flip(-1) if reverse else weight
-    if x.is_cuda:
-        out = F.conv1d(x, taps, bias, padding=kernel - 1, groups=channels)
-        return out[..., kernel - 1:] if reverse else out[..., :length]
-    padded = F.pad(x, (0, kernel - 1) if reverse else (kernel - 1, 0))
-    scales = taps[:, 0].unsqueeze(-1)
-    out = sum(padded[..., k:k + length] * scales[:, k]
-              for k in range(kernel))
-    return out if bias is None else out + bias.unsqueeze(-1)
 
 
 class LayerNorm2d(nn.LayerNorm):

@@ -1,0 +1,141 @@
+// Device-agnostic entry points of the fused causal depthwise conv1d: argument
+// checks, output allocation and dispatch on the element type. See
+// causal_conv1d_params.h for the layouts; mmssm/ops/cuda_ops.py is the Python
+// side. Every check runs before the device guard is constructed.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "causal_conv1d_params.h"
+
+namespace mmssm {
+namespace {
+
+at::ScalarType conv_accum_type(at::ScalarType input_type) {
+  return input_type == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_conv_tensor(const at::Tensor &tensor, const char *name,
+                       const at::Tensor &reference, at::ScalarType dtype,
+                       at::IntArrayRef shape) {
+  TORCH_CHECK(tensor.device() == reference.device(), "causal conv1d: ", name,
+              " must be on ", reference.device(), ", got ", tensor.device());
+  TORCH_CHECK(tensor.scalar_type() == dtype, "causal conv1d: ", name,
+              " must have dtype ", dtype, ", got ", tensor.scalar_type());
+  TORCH_CHECK(tensor.sizes() == shape, "causal conv1d: ", name,
+              " must have shape ", shape, ", got ", tensor.sizes());
+  TORCH_CHECK(tensor.is_contiguous(), "causal conv1d: ", name,
+              " must be contiguous");
+}
+
+// Checks x, weight and bias and fills the shapes and input pointers.
+CausalConv1dParams make_conv_params(const at::Tensor &x,
+                                    const at::Tensor &weight,
+                                    const c10::optional<at::Tensor> &bias,
+                                    bool reverse, bool silu) {
+  TORCH_CHECK(x.is_cuda(), "causal conv1d: x must be a CUDA tensor, got ",
+              x.device());
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf ||
+                  dtype == at::kBFloat16 || dtype == at::kDouble,
+              "causal conv1d: x must be float32, float16, bfloat16 or "
+              "float64, got ",
+              dtype);
+  TORCH_CHECK(x.dim() == 3, "causal conv1d: x must be (B, E, L), got shape ",
+              x.sizes());
+  TORCH_CHECK(weight.dim() == 2, "causal conv1d: weight must be (E, K), got "
+              "shape ", weight.sizes());
+  const int64_t batch = x.size(0), channels = x.size(1), length = x.size(2),
+                kernel = weight.size(1);
+  TORCH_CHECK(batch > 0 && channels > 0 && length > 0,
+              "causal conv1d: x must be non-empty, got shape ", x.sizes());
+  TORCH_CHECK(kernel >= 1 && kernel <= kCausalConv1dMaxKernel,
+              "causal conv1d: the kernel size K (weight.size(1)) must be in "
+              "[1, ", kCausalConv1dMaxKernel, "], got ", kernel);
+  const int64_t numel = x.numel();
+  TORCH_CHECK((numel + kCausalConv1dTile - 1) / kCausalConv1dTile <=
+                  std::numeric_limits<int32_t>::max(),
+              "causal conv1d: x has too many elements (", numel, ")");
+  const auto acc = conv_accum_type(dtype);
+  check_conv_tensor(x, "x", x, dtype, {batch, channels, length});
+  check_conv_tensor(weight, "weight", x, acc, {channels, kernel});
+  if (bias.has_value()) check_conv_tensor(*bias, "bias", x, acc, {channels});
+
+  CausalConv1dParams params;
+  params.numel = numel;
+  params.channels = channels;
+  params.length = length;
+  params.kernel = static_cast<int>(kernel);
+  params.reverse = reverse;
+  params.silu = silu;
+  // The kernels index up to a tile and a halo past the last element.
+  params.narrow_index =
+      numel + 2 * kCausalConv1dTile <= std::numeric_limits<int32_t>::max();
+  params.aligned_x = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+  params.x = x.data_ptr();
+  params.weight = weight.data_ptr();
+  params.bias = bias.has_value() ? bias->data_ptr() : nullptr;
+  return params;
+}
+
+void launch_conv(const CausalConv1dParams &params, at::ScalarType dtype,
+                 bool backward) {
+  switch (dtype) {
+    case at::kFloat:
+      causal_conv1d_launch<float>(params, backward);
+      break;
+    case at::kHalf:
+      causal_conv1d_launch<c10::Half>(params, backward);
+      break;
+    case at::kBFloat16:
+      causal_conv1d_launch<c10::BFloat16>(params, backward);
+      break;
+    case at::kDouble:
+      causal_conv1d_launch<double>(params, backward);
+      break;
+    default:
+      TORCH_CHECK(false, "causal conv1d: unsupported dtype ", dtype);
+  }
+}
+
+}  // namespace
+
+at::Tensor causal_conv1d_forward(const at::Tensor &x, const at::Tensor &weight,
+                                 const c10::optional<at::Tensor> &bias,
+                                 bool reverse, bool silu) {
+  CausalConv1dParams params =
+      make_conv_params(x, weight, bias, reverse, silu);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  at::Tensor out = at::empty_like(x);
+  params.out = out.data_ptr();
+  launch_conv(params, x.scalar_type(), false);
+  return out;
+}
+
+std::vector<at::Tensor> causal_conv1d_backward(
+    const at::Tensor &x, const at::Tensor &weight,
+    const c10::optional<at::Tensor> &bias, const at::Tensor &dout,
+    bool reverse, bool silu) {
+  CausalConv1dParams params =
+      make_conv_params(x, weight, bias, reverse, silu);
+  const auto dtype = x.scalar_type();
+  check_conv_tensor(dout, "dout", x, dtype, x.sizes());
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  const auto acc_options = x.options().dtype(conv_accum_type(dtype));
+  at::Tensor dx = at::empty_like(x);
+  at::Tensor dweight = at::zeros(weight.sizes(), acc_options);
+  at::Tensor dbias = bias.has_value() ? at::zeros(bias->sizes(), acc_options)
+                                      : at::empty({0}, acc_options);
+  params.dout = dout.data_ptr();
+  params.dx = dx.data_ptr();
+  params.dweight = dweight.data_ptr();
+  params.dbias = bias.has_value() ? dbias.data_ptr() : nullptr;
+  launch_conv(params, dtype, true);
+  return {dx, dweight, dbias};
+}
+
+}  // namespace mmssm

@@ -1,0 +1,201 @@
+// Device-agnostic entry points of the tiled cross scan (VMamba's four
+// directions): argument checks, buffers and dispatch on the element type.
+// See cross_scan_params.h for the layouts; mmssm/ops/cuda_ops.py is the
+// Python side. Every check runs before the device guard is set.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cross_scan_params.h"
+
+namespace mmssm {
+namespace {
+
+at::ScalarType cross_accum_type(at::ScalarType input_type) {
+  return input_type == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_cross_tensor(const at::Tensor &tensor, const char *name,
+                        const at::Tensor &reference, at::ScalarType dtype,
+                        at::IntArrayRef shape) {
+  TORCH_CHECK(tensor.device() == reference.device(), "cross scan: ", name,
+              " must be on ", reference.device(), ", got ", tensor.device());
+  TORCH_CHECK(tensor.scalar_type() == dtype, "cross scan: ", name,
+              " must have dtype ", dtype, ", got ", tensor.scalar_type());
+  TORCH_CHECK(tensor.sizes() == shape, "cross scan: ", name,
+              " must have shape ", shape, ", got ", tensor.sizes());
+  TORCH_CHECK(tensor.is_contiguous(), "cross scan: ", name,
+              " must be contiguous");
+}
+
+// Checks every input and fills the shapes and input pointers of the params.
+CrossScanParams make_cross_params(const at::Tensor &u, const at::Tensor &delta,
+                                  const at::Tensor &A, const at::Tensor &B,
+                                  const at::Tensor &C,
+                                  const c10::optional<at::Tensor> &D,
+                                  const c10::optional<at::Tensor> &delta_bias,
+                                  bool delta_softplus) {
+  TORCH_CHECK(u.is_cuda(), "cross scan: u must be a CUDA tensor, got ",
+              u.device());
+  const auto dtype = u.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf ||
+                  dtype == at::kBFloat16 || dtype == at::kDouble,
+              "cross scan: u must be float32, float16, bfloat16 or float64, "
+              "got ",
+              dtype);
+  TORCH_CHECK(u.dim() == 4, "cross scan: u must be (batch, D, H, W), got "
+              "shape ", u.sizes());
+  TORCH_CHECK(A.dim() == 2, "cross scan: A must be (4 * D, N), got shape ",
+              A.sizes());
+  const int64_t batch = u.size(0), dim = u.size(1), height = u.size(2),
+                width = u.size(3), dstate = A.size(1);
+  TORCH_CHECK(batch > 0 && dim > 0 && height > 0 && width > 0,
+              "cross scan: u must be non-empty, got shape ", u.sizes());
+  TORCH_CHECK(batch * 4 <= 65535, "cross scan: batch must be at most 16383, "
+              "got ", batch);
+  TORCH_CHECK(height * width < (int64_t{1} << 31), "cross scan: a map must "
+              "have fewer than 2^31 pixels, got ", height, " x ", width);
+  TORCH_CHECK(dstate >= 1 && dstate <= kCrossMaxStates, "cross scan: the "
+              "state size N (A.size(1)) must be in [1, ", kCrossMaxStates,
+              "], got ", dstate);
+  const auto acc = cross_accum_type(dtype);
+  check_cross_tensor(delta, "delta", u, dtype,
+                     {batch, 4, dim, height, width});
+  check_cross_tensor(A, "A", u, acc, {4 * dim, dstate});
+  check_cross_tensor(B, "B", u, dtype, {batch, 4, dstate, height, width});
+  check_cross_tensor(C, "C", u, dtype, {batch, 4, dstate, height, width});
+  if (D.has_value()) check_cross_tensor(*D, "D", u, acc, {4 * dim});
+  if (delta_bias.has_value())
+    check_cross_tensor(*delta_bias, "delta_bias", u, acc, {4 * dim});
+
+  CrossScanParams params;
+  params.batch = batch;
+  params.dim = dim;
+  params.height = height;
+  params.width = width;
+  params.dstate = dstate;
+  params.max_lines = std::max(height, width);
+  params.max_chunks = (params.max_lines + kCrossChunk - 1) / kCrossChunk;
+  params.delta_softplus = delta_softplus;
+  params.u = u.data_ptr();
+  params.delta = delta.data_ptr();
+  params.A = A.data_ptr();
+  params.B = B.data_ptr();
+  params.C = C.data_ptr();
+  params.D = D.has_value() ? D->data_ptr() : nullptr;
+  params.delta_bias = delta_bias.has_value() ? delta_bias->data_ptr()
+                                             : nullptr;
+  return params;
+}
+
+std::vector<int64_t> line_shape(const CrossScanParams &params) {
+  return {params.batch, 4, params.dim, params.dstate, params.max_lines};
+}
+
+std::vector<int64_t> line_dt_shape(const CrossScanParams &params) {
+  return {params.batch, 4, params.dim, params.max_lines};
+}
+
+std::vector<int64_t> chunk_states_shape(const CrossScanParams &params) {
+  return {params.batch,      4, params.dim, params.dstate,
+          params.max_chunks, params.max_lines};
+}
+
+void launch_cross(const CrossScanParams &params, at::ScalarType dtype,
+                  bool backward) {
+  switch (dtype) {
+    case at::kFloat:
+      cross_scan_launch<float>(params, backward);
+      break;
+    case at::kHalf:
+      cross_scan_launch<c10::Half>(params, backward);
+      break;
+    case at::kBFloat16:
+      cross_scan_launch<c10::BFloat16>(params, backward);
+      break;
+    case at::kDouble:
+      cross_scan_launch<double>(params, backward);
+      break;
+    default:
+      TORCH_CHECK(false, "cross scan: unsupported dtype ", dtype);
+  }
+}
+
+}  // namespace
+
+std::vector<at::Tensor> cross_scan_forward(
+    const at::Tensor &u, const at::Tensor &delta, const at::Tensor &A,
+    const at::Tensor &B, const at::Tensor &C,
+    const c10::optional<at::Tensor> &D,
+    const c10::optional<at::Tensor> &delta_bias, bool delta_softplus) {
+  CrossScanParams params =
+      make_cross_params(u, delta, A, B, C, D, delta_bias, delta_softplus);
+  const c10::cuda::CUDAGuard device_guard(u.device());
+  const auto acc_options =
+      u.options().dtype(cross_accum_type(u.scalar_type()));
+  // The four directions add their outputs into one map. The saved buffers
+  // are sized for the longer axis; zeroed, their entries past the shorter
+  // axis's lines and chunks are defined (the op's outputs are deterministic
+  // wherever no atomic sum is involved).
+  at::Tensor out = at::zeros(u.sizes(), acc_options);
+  at::Tensor line_states = at::empty(line_shape(params), acc_options);
+  at::Tensor line_dt = at::zeros(line_dt_shape(params), acc_options);
+  at::Tensor chunk_states = at::zeros(chunk_states_shape(params), acc_options);
+  params.out = out.data_ptr();
+  params.line_states = line_states.data_ptr();
+  params.line_dt = line_dt.data_ptr();
+  params.chunk_states = chunk_states.data_ptr();
+  launch_cross(params, u.scalar_type(), false);
+  return {out, chunk_states, line_dt};
+}
+
+std::vector<at::Tensor> cross_scan_backward(
+    const at::Tensor &u, const at::Tensor &delta, const at::Tensor &A,
+    const at::Tensor &B, const at::Tensor &C,
+    const c10::optional<at::Tensor> &D,
+    const c10::optional<at::Tensor> &delta_bias, const at::Tensor &dout,
+    const at::Tensor &chunk_states, const at::Tensor &line_dt,
+    bool delta_softplus) {
+  CrossScanParams params =
+      make_cross_params(u, delta, A, B, C, D, delta_bias, delta_softplus);
+  const auto dtype = u.scalar_type();
+  const auto acc = cross_accum_type(dtype);
+  check_cross_tensor(dout, "dout", u, dtype, u.sizes());
+  check_cross_tensor(chunk_states, "chunk_states", u, acc,
+                     chunk_states_shape(params));
+  check_cross_tensor(line_dt, "line_dt", u, acc, line_dt_shape(params));
+  const c10::cuda::CUDAGuard device_guard(u.device());
+  const auto acc_options = u.options().dtype(acc);
+  // u, B, C and the weights collect the gradients of several directions,
+  // channels or blocks.
+  at::Tensor du = at::zeros(u.sizes(), acc_options);
+  at::Tensor ddelta = at::empty_like(delta);
+  at::Tensor dA = at::zeros(A.sizes(), acc_options);
+  at::Tensor dB = at::zeros(B.sizes(), acc_options);
+  at::Tensor dC = at::zeros(C.sizes(), acc_options);
+  at::Tensor dD = D.has_value() ? at::zeros(D->sizes(), acc_options)
+                                : at::empty({0}, acc_options);
+  at::Tensor ddelta_bias = delta_bias.has_value()
+                               ? at::zeros(delta_bias->sizes(), acc_options)
+                               : at::empty({0}, acc_options);
+  at::Tensor line_adjoint = at::empty(line_shape(params), acc_options);
+  params.chunk_states = const_cast<void *>(chunk_states.data_ptr());
+  params.line_dt = const_cast<void *>(line_dt.data_ptr());
+  params.dout = dout.data_ptr();
+  params.line_adjoint = line_adjoint.data_ptr();
+  params.du = du.data_ptr();
+  params.ddelta = ddelta.data_ptr();
+  params.dA = dA.data_ptr();
+  params.dB = dB.data_ptr();
+  params.dC = dC.data_ptr();
+  params.dD = D.has_value() ? dD.data_ptr() : nullptr;
+  params.ddelta_bias = delta_bias.has_value() ? ddelta_bias.data_ptr()
+                                              : nullptr;
+  launch_cross(params, dtype, true);
+  return {du, ddelta, dA, dB, dC, dD, ddelta_bias};
+}
+
+}  // namespace mmssm
