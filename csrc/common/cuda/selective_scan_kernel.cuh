@@ -352,7 +352,7 @@ __global__ void __launch_bounds__(kNThreads)
 // read one pixel per row, which these row tiles cannot coalesce (it keeps
 // the block forward kernel).
 constexpr int kThreadScanChannels = 64;  // threads (channels) per block
-constexpr int kThreadScanTile = 32;      // positions staged at a time
+constexpr int kThreadScanTile = 16;  // positions staged at a time
 
 // Shared-memory layout of the thread-per-chunk forward kernel for kMaxN
 // register states (a power of two, at least dstate).
@@ -392,7 +392,7 @@ __device__ __forceinline__ double exp2_acc(double x) { return exp2(x); }
 // their registers.
 template <int kMaxN>
 constexpr int thread_scan_min_blocks() {
-  return kMaxN <= 16 ? 6 : kMaxN <= 32 ? 4 : 1;
+  return kMaxN <= 16 ? 9 : kMaxN <= 32 ? 4 : 1;
 }
 
 template <typename T, int kMaxN, bool kLocalPass>

@@ -139,13 +139,20 @@ class V2M2DMixer(nn.Module):
             Δ before its bias ``(B, K, D, H, W)`` and the row pass's B or the
             column pass's C ``(B, K, N, H, W)``.
         """
-        equation = ('bdhw,kcd->bkchw'
-                    if x.dim() == 4 else 'bkdhw,kcd->bkchw')
-        x_dbl = torch.einsum(equation, x, getattr(self,
-                                                  f'{name}_x_proj_weight'))
+        batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
+        weight = getattr(self, f'{name}_x_proj_weight')
+        # W @ x products in the scans' layout: no transposed copies. A map
+        # shared by the corners meets every corner's weight at once.
+        if x.dim() == 4:
+            x_dbl = torch.matmul(weight.flatten(0, 1), x.flatten(2))
+        else:
+            x_dbl = torch.matmul(weight, x.flatten(3))
+        x_dbl = x_dbl.view(batch, self.num_corners, -1, height * width)
         dt, matrix = x_dbl.split([self.dt_rank, self.d_state], dim=2)
-        delta = torch.einsum('bkrhw,kdr->bkdhw', dt,
-                             getattr(self, f'{name}_dt_proj_weight'))
+        delta = torch.matmul(getattr(self, f'{name}_dt_proj_weight'), dt)
+        delta = delta.view(batch, self.num_corners, -1, height, width)
+        matrix = matrix.reshape(batch, self.num_corners, self.d_state, height,
+                                width)
         return delta, matrix
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,7 +165,9 @@ class V2M2DMixer(nn.Module):
             ``(B, H, W, embed_dims)``.
         """
         x = self.in_proj(x)
-        x = nn.functional.silu(self.dwconv(x.permute(0, 3, 1, 2)))
+        # The convolution keeps the channel-last strides of its input: one
+        # contiguous (B, D, H, W) copy serves the projections and the scan.
+        x = nn.functional.silu(self.dwconv(x.permute(0, 3, 1, 2))).contiguous()
         ones = x.new_ones(self.num_corners * self.d_inner, self.d_state)
         delta, B = self._projections(x, 'row')
         rows = v2m_corner_scan(
