@@ -279,12 +279,13 @@ def _vim_flops_by_rule(embed_dims: int, depth: int = 24) -> float:
     5.1 G. Those come from LocalMamba's analytic count, which takes
     5·L·D·N per scan (not 9) and only one direction's x_proj/dt_proj; with
     that formula the same sizes give 1.475 G / 5.118 G. Under the rule of
-    VMamba's authors used here Vim-T/S count 1.808 / 5.882 G (+21 % / +15 %).
+    VMamba's authors used here Vim-T/S count 1.823 / 5.912 G (+22 % / +16 %;
+    the fused causal convolution counts one multiply-add per tap).
     """
-    tokens, inner, state = 197, 2 * embed_dims, 16
+    tokens, inner, state, taps = 197, 2 * embed_dims, 16, 4
     rank = -(-embed_dims // 16)
     per_token = (embed_dims * 2 * inner + inner * embed_dims + 2 *
-                 (inner * (rank + 2 * state) + rank * inner +
+                 (taps * inner + inner * (rank + 2 * state) + rank * inner +
                   9 * inner * state + 2 * inner))
     patch_embed = 16 * 16 * 3 * embed_dims * 196
     head = embed_dims * 1000

@@ -16,7 +16,7 @@ proposals its RPN keeps on the random input (as mmdet's own tool does).
 Published 224x224 counts: VMamba-T/S/B 4.906 / 8.716 / 15.359 G, equal to
 the authors' 4.9 / 8.7 / 15.4 G (their fvcore setup, whose scan rule this
 tool uses). Vim-T/S (``--backbone-kwargs '{"out_indices": [-1],
-"pyramid_strides": null}'``) count 1.808 / 5.882 G against the published
+"pyramid_strides": null}'``) count 1.823 / 5.912 G against the published
 1.5 / 5.1 G, which come from LocalMamba's analytic formula (5·L·D·N per scan
 and one direction's x_proj/dt_proj; it gives 1.475 / 5.118 G). See
 ``tests/tools/test_get_flops.py`` for V2M and V2M*.

@@ -13,7 +13,8 @@ recurrence). :func:`traced_scan_ops` makes every scan op call ONE node:
   ``run_op`` name of every ``mmssm.ops`` module refers to a wrapper that runs
   the op through a ``torch.autograd.Function`` subclass named after it
   (:class:`SelectiveScanOp`, :class:`CrossSelectiveScanOp`,
-  :class:`V2MCornerScanOp`, :class:`WavefrontScan2dOp`). The jit tracer
+  :class:`V2MCornerScanOp`, :class:`WavefrontScan2dOp`; Vim's fused causal
+  convolution :class:`CausalConv1dOp` too, counted like a conv layer). The jit tracer
   records an autograd Function as one ``prim::PythonOp.<ClassName>`` node and
   puts the ops it runs into that node's subgraph, which the analyzer does not
   visit. This works for both backends (the compiled op runs inside the
@@ -193,6 +194,12 @@ def _v2m_corner_scan_call_flops(args: Dict[str, Any]) -> int:
                                  args['z'] is not None)
 
 
+def _causal_conv1d_call_flops(args: Dict[str, Any]) -> int:
+    # One multiply-add per tap and output, as the convention counts convs.
+    batch, channels, length = _sizes(args['x'])
+    return batch * channels * length * _sizes(args['weight'])[-1]
+
+
 def _wavefront_scan_2d_call_flops(args: Dict[str, Any]) -> int:
     batch, height, width, dim = _sizes(args['x'])
     return wavefront_scan_2d_flops(batch, height, width, dim,
@@ -330,6 +337,10 @@ class WavefrontScan2dOp(_TracedScanOp):
     """Traced node of :func:`mmssm.ops.wavefront_scan_2d`."""
 
 
+class CausalConv1dOp(_TracedScanOp):
+    """Traced node of :func:`mmssm.ops.causal_conv1d`."""
+
+
 _ArgsFn = Callable[[Dict[str, Any]], Any]
 
 #: Per dispatched op: its traced Function, the FLOPs of a call and zeros of
@@ -344,6 +355,8 @@ _SCAN_OPS: Dict[str, Tuple[Type[_TracedScanOp], _ArgsFn, _ArgsFn]] = {
     (V2MCornerScanOp, _v2m_corner_scan_call_flops, _v2m_corner_scan_zeros),
     'wavefront_scan_2d': (WavefrontScan2dOp, _wavefront_scan_2d_call_flops,
                           lambda args: torch.zeros_like(args['x'])),
+    'causal_conv1d': (CausalConv1dOp, _causal_conv1d_call_flops,
+                      lambda args: torch.zeros_like(args['x'])),
 }
 
 _inside_scan_op = threading.local()
