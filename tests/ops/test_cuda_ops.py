@@ -302,7 +302,7 @@ def test_forward_kernels_racecheck_clean():
         'import torch\n'
         'from mmssm.ops import cuda_ops\n'
         'cuda_ops._forward_chunk_length = lambda sequences, length: 40\n'
-        'for dstate in (5, 70):\n'
+        'for dstate in (5, 16, 70):  # one lane, two lanes, block kernel\n'
         '    u = torch.randn(2, 66, 100, device="cuda")\n'
         '    A = -torch.rand(66, dstate, device="cuda")\n'
         '    B = torch.randn(2, dstate, 100, device="cuda")\n'

@@ -386,18 +386,31 @@ struct alignas(sizeof(acc_t) * kVec) StateVector {
 __device__ __forceinline__ float exp2_acc(float x) { return exp2f(x); }
 __device__ __forceinline__ double exp2_acc(double x) { return exp2(x); }
 
-// Blocks per SM the register allocation must allow: up to 16 states, the
-// six that the shared memory of float tiles allows (so that a unrolled tile
-// load does not take registers that would cost blocks); more states need
-// their registers.
+// Threads per channel of the thread-per-chunk forward: from 16 states a
+// channel's states are split over two neighbouring lanes (a shuffle joins
+// their output sums). One thread per channel left the GPU short of warps:
+// Vim's 49152 sequences gave 11.6 warps per SM and the kernel 26% of its
+// issue slots (Nsight Compute); two give twice the warps, each with half
+// the serial work per position.
+template <int kMaxN>
+constexpr int thread_scan_split() {
+  return kMaxN >= 16 ? 2 : 1;
+}
+
+// Blocks per SM the register allocation must allow: one thread per channel
+// up to 16 states, the nine that the shared memory of float tiles allows;
+// split channels, enough blocks for twice the threads of Vim-S's 49152
+// sequences; more states need their registers.
 template <int kMaxN>
 constexpr int thread_scan_min_blocks() {
-  return kMaxN <= 16 ? 9 : kMaxN <= 32 ? 4 : 1;
+  if (thread_scan_split<kMaxN>() == 1) return 9;
+  return kMaxN <= 16 ? 6 : kMaxN <= 32 ? 3 : 1;
 }
 
 template <typename T, int kMaxN, bool kLocalPass>
-__global__ void __launch_bounds__(kThreadScanChannels,
-                                  thread_scan_min_blocks<kMaxN>())
+__global__ void __launch_bounds__(
+    kThreadScanChannels * thread_scan_split<kMaxN>(),
+    thread_scan_min_blocks<kMaxN>())
     selective_scan_fwd_thread_kernel(SelectiveScanParams p) {
   using acc_t = typename AccumType<T>::type;
   using Layout = ThreadScanLayout<acc_t, kMaxN>;
@@ -407,6 +420,11 @@ __global__ void __launch_bounds__(kThreadScanChannels,
   constexpr int kSeqStride = Layout::kSeqStride;
   constexpr int kTile = kThreadScanTile;
   constexpr int kChannels = kThreadScanChannels;
+  constexpr int kSplit = thread_scan_split<kMaxN>();
+  constexpr int kThreads = kChannels * kSplit;
+  // States of this thread: [part * kOwnN, (part + 1) * kOwnN).
+  constexpr int kOwnN = kMaxN / kSplit;
+  static_assert(kOwnN % kVec == 0, "a thread's states are whole vectors");
   static_assert(kChannels % kTile == 0, "lanes keep one position of a tile");
   extern __shared__ __align__(16) unsigned char thread_scan_shared[];
   acc_t *u_tile = reinterpret_cast<acc_t *>(thread_scan_shared);
@@ -451,25 +469,29 @@ __global__ void __launch_bounds__(kThreadScanChannels,
   const T *C_var = static_cast<const T *>(p.C) + group_rows(p.num_groups_C);
   const acc_t *delta_bias = static_cast<const acc_t *>(p.delta_bias);
 
-  // This thread's channel; threads past the segment alias the block's first
-  // channel, compute on zeros and store nothing.
-  const int lane_channel = threadIdx.x;
+  // This thread's channel and part of its states; threads past the segment
+  // alias the block's first channel, compute on zeros and store nothing.
+  const int lane_channel = threadIdx.x / kSplit;
+  const int part = threadIdx.x % kSplit;
+  const int first_n = part * kOwnN;
   const bool active = lane_channel < num_channels;
   const size_t seq = seq0 + (active ? lane_channel : 0);
   const size_t state_row = size_t(batch_index) * p.num_dirs * dim + seq;
   const acc_t D = p.D ? static_cast<const acc_t *>(p.D)[seq] : acc_t(0);
   // A in base-2 exponent units: exp(dt * A) = exp2(dt * A * log2(e)).
   constexpr acc_t kLog2e = acc_t(1.4426950408889634);
-  acc_t A2[kMaxN];
+  acc_t A2[kOwnN];
 #pragma unroll
-  for (int n = 0; n < kMaxN; ++n)
-    A2[n] = n < dstate ? static_cast<const acc_t *>(p.A)[seq * dstate + n] *
+  for (int i = 0; i < kOwnN; ++i) {
+    const int n = first_n + i;
+    A2[i] = n < dstate ? static_cast<const acc_t *>(p.A)[seq * dstate + n] *
                              kLog2e
                        : acc_t(0);
+  }
 
-  acc_t h[kMaxN];
+  acc_t h[kOwnN];
 #pragma unroll
-  for (int n = 0; n < kMaxN; ++n) h[n] = acc_t(0);
+  for (int i = 0; i < kOwnN; ++i) h[i] = acc_t(0);
   if (!kLocalPass && chunk > 0) {
     // Compose the chunks before this one: h <- exp(A * steps) h + end state.
     const size_t num_saved = p.num_forward_chunks - 1;
@@ -480,16 +502,17 @@ __global__ void __launch_bounds__(kThreadScanChannels,
     for (int before = 0; before < chunk; ++before) {
       const acc_t steps = step_sums[before];
 #pragma unroll
-      for (int n = 0; n < kMaxN; ++n) {
+      for (int i = 0; i < kOwnN; ++i) {
+        const int n = first_n + i;
         if (n < dstate)
-          h[n] = exp2_acc(steps * A2[n]) * h[n] +
+          h[i] = exp2_acc(steps * A2[i]) * h[i] +
                  end_states[size_t(before) * dstate + n];
       }
     }
   }
 
   // Constant B/C: one row per channel, staged once.
-  for (int i = threadIdx.x; i < kChannels * kMaxN; i += kChannels) {
+  for (int i = threadIdx.x; i < kChannels * kMaxN; i += kThreads) {
     const int c = i / kMaxN, n = i % kMaxN;
     const bool valid = c < num_channels && n < dstate;
     if (!p.var_B)
@@ -508,10 +531,10 @@ __global__ void __launch_bounds__(kThreadScanChannels,
   const acc_t *u_row = u_tile + lane_channel * kSeqStride;
   acc_t *dt_row = dt_tile + lane_channel * kSeqStride;
   // Staging and output stores: every lane keeps one position j of the tile
-  // and takes every (kChannels / kTile)-th channel row (or state vector).
+  // and takes every (kThreads / kTile)-th channel row (or state vector).
   const int lane_position = threadIdx.x % kTile;
   const int first_row = threadIdx.x / kTile;
-  constexpr int kRowStep = kChannels / kTile;
+  constexpr int kRowStep = kThreads / kTile;
   for (int t0 = t_begin; t0 < t_end; t0 += kTile) {
     const int tile_length = min(kTile, t_end - t0);
     const bool valid_position = lane_position < tile_length;
@@ -577,33 +600,42 @@ __global__ void __launch_bounds__(kThreadScanChannels,
           B_tile + (p.var_B ? j : lane_channel) * kRowStride;
       const acc_t *C_row =
           C_tile + (p.var_C ? j : lane_channel) * kRowStride;
-      acc_t y = D * u_val;
+      acc_t y = acc_t(0);
 #pragma unroll
-      for (int v = 0; v < kMaxN / kVec; ++v) {
+      for (int v = 0; v < kOwnN / kVec; ++v) {
         const Vector B_vals =
-            *reinterpret_cast<const Vector *>(B_row + v * kVec);
+            *reinterpret_cast<const Vector *>(B_row + first_n + v * kVec);
         Vector C_vals;
         if (!kLocalPass)
-          C_vals = *reinterpret_cast<const Vector *>(C_row + v * kVec);
+          C_vals =
+              *reinterpret_cast<const Vector *>(C_row + first_n + v * kVec);
 #pragma unroll
         for (int q = 0; q < kVec; ++q) {
-          const int n = v * kVec + q;
-          h[n] = exp2_acc(dt * A2[n]) * h[n] + drive * B_vals.v[q];
-          if (!kLocalPass) y += C_vals.v[q] * h[n];
+          const int i = v * kVec + q;
+          h[i] = exp2_acc(dt * A2[i]) * h[i] + drive * B_vals.v[q];
+          if (!kLocalPass) y += C_vals.v[q] * h[i];
         }
       }
       if (kLocalPass) {
         step_sum += dt;
       } else {
-        dt_row[j] = y;  // read back by the output stores below
+        // The parts of a channel are neighbouring lanes of one warp.
+#pragma unroll
+        for (int offset = 1; offset < kSplit; offset *= 2)
+          y += __shfl_xor_sync(0xffffffffu, y, offset);
+        // Read back by the output stores below; the other part of the
+        // channel has read dt_row[j] and u_row[j] before the warp sync.
+        if constexpr (kSplit > 1) __syncwarp();
+        if (part == 0) dt_row[j] = y + D * u_val;
         // The backward pass restarts from the state after every
         // kChunkStateStride positions and after the last one.
         const int t = t0 + j;
         if (active && ((t + 1) % kChunkStateStride == 0 || t == length - 1)) {
 #pragma unroll
-          for (int n = 0; n < kMaxN; ++n)
-            if (n < dstate)
-              chunk_states[(t / kChunkStateStride) * dstate + n] = h[n];
+          for (int i = 0; i < kOwnN; ++i)
+            if (first_n + i < dstate)
+              chunk_states[(t / kChunkStateStride) * dstate + first_n + i] =
+                  h[i];
         }
       }
     }
@@ -631,10 +663,11 @@ __global__ void __launch_bounds__(kThreadScanChannels,
     acc_t *end_states = static_cast<acc_t *>(p.chunk_end_states) +
                         (state_row * num_saved + chunk) * dstate;
 #pragma unroll
-    for (int n = 0; n < kMaxN; ++n)
-      if (n < dstate) end_states[n] = h[n];
-    static_cast<acc_t *>(p.chunk_step_sums)[state_row * num_saved + chunk] =
-        step_sum;
+    for (int i = 0; i < kOwnN; ++i)
+      if (first_n + i < dstate) end_states[first_n + i] = h[i];
+    if (part == 0)
+      static_cast<acc_t *>(p.chunk_step_sums)[state_row * num_saved +
+                                              chunk] = step_sum;
   }
 }
 

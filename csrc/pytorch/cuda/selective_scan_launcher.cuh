@@ -57,19 +57,20 @@ void launch_thread_forward_states(const SelectiveScanParams &params) {
       (segment + kThreadScanChannels - 1) / kThreadScanChannels;
   const size_t shared_bytes =
       ThreadScanLayout<acc_t, kMaxN>::kElements * sizeof(acc_t);
+  const int threads = kThreadScanChannels * thread_scan_split<kMaxN>();
   dim3 grid(params.num_dirs * (params.dim / segment) * tiles_per_segment,
             params.batch, params.num_forward_chunks);
   if (params.num_forward_chunks > 1) {
     // The last chunk's end state is never composed: no local pass for it.
     grid.z = params.num_forward_chunks - 1;
     launch_with_shared_memory(
-        selective_scan_fwd_thread_kernel<T, kMaxN, true>, grid,
-        kThreadScanChannels, shared_bytes, params);
+        selective_scan_fwd_thread_kernel<T, kMaxN, true>, grid, threads,
+        shared_bytes, params);
     grid.z = params.num_forward_chunks;
   }
   launch_with_shared_memory(
-      selective_scan_fwd_thread_kernel<T, kMaxN, false>, grid,
-      kThreadScanChannels, shared_bytes, params);
+      selective_scan_fwd_thread_kernel<T, kMaxN, false>, grid, threads,
+      shared_bytes, params);
 }
 
 // The thread-per-chunk forward for the smallest compiled number of register
