@@ -11,26 +11,12 @@
 #include <vector>
 
 #include "causal_conv1d_params.h"
+#include "op_checks.h"
 
 namespace mmssm {
 namespace {
 
-at::ScalarType conv_accum_type(at::ScalarType input_type) {
-  return input_type == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-void check_conv_tensor(const at::Tensor &tensor, const char *name,
-                       const at::Tensor &reference, at::ScalarType dtype,
-                       at::IntArrayRef shape) {
-  TORCH_CHECK(tensor.device() == reference.device(), "causal conv1d: ", name,
-              " must be on ", reference.device(), ", got ", tensor.device());
-  TORCH_CHECK(tensor.scalar_type() == dtype, "causal conv1d: ", name,
-              " must have dtype ", dtype, ", got ", tensor.scalar_type());
-  TORCH_CHECK(tensor.sizes() == shape, "causal conv1d: ", name,
-              " must have shape ", shape, ", got ", tensor.sizes());
-  TORCH_CHECK(tensor.is_contiguous(), "causal conv1d: ", name,
-              " must be contiguous");
-}
+constexpr char kOpName[] = "causal conv1d";
 
 // Checks x, weight and bias and fills the shapes and input pointers.
 CausalConv1dParams make_conv_params(const at::Tensor &x,
@@ -60,10 +46,11 @@ CausalConv1dParams make_conv_params(const at::Tensor &x,
   TORCH_CHECK((numel + kCausalConv1dTile - 1) / kCausalConv1dTile <=
                   std::numeric_limits<int32_t>::max(),
               "causal conv1d: x has too many elements (", numel, ")");
-  const auto acc = conv_accum_type(dtype);
-  check_conv_tensor(x, "x", x, dtype, {batch, channels, length});
-  check_conv_tensor(weight, "weight", x, acc, {channels, kernel});
-  if (bias.has_value()) check_conv_tensor(*bias, "bias", x, acc, {channels});
+  const auto acc = accum_type(dtype);
+  check_op_tensor(kOpName, x, "x", x, dtype, {batch, channels, length});
+  check_op_tensor(kOpName, weight, "weight", x, acc, {channels, kernel});
+  if (bias.has_value())
+    check_op_tensor(kOpName, *bias, "bias", x, acc, {channels});
 
   CausalConv1dParams params;
   params.numel = numel;
@@ -123,9 +110,9 @@ std::vector<at::Tensor> causal_conv1d_backward(
   CausalConv1dParams params =
       make_conv_params(x, weight, bias, reverse, silu);
   const auto dtype = x.scalar_type();
-  check_conv_tensor(dout, "dout", x, dtype, x.sizes());
+  check_op_tensor(kOpName, dout, "dout", x, dtype, x.sizes());
   const c10::cuda::CUDAGuard device_guard(x.device());
-  const auto acc_options = x.options().dtype(conv_accum_type(dtype));
+  const auto acc_options = x.options().dtype(accum_type(dtype));
   at::Tensor dx = at::empty_like(x);
   at::Tensor dweight = at::zeros(weight.sizes(), acc_options);
   at::Tensor dbias = bias.has_value() ? at::zeros(bias->sizes(), acc_options)

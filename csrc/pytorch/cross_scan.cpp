@@ -10,26 +10,12 @@
 #include <vector>
 
 #include "cross_scan_params.h"
+#include "op_checks.h"
 
 namespace mmssm {
 namespace {
 
-at::ScalarType cross_accum_type(at::ScalarType input_type) {
-  return input_type == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-void check_cross_tensor(const at::Tensor &tensor, const char *name,
-                        const at::Tensor &reference, at::ScalarType dtype,
-                        at::IntArrayRef shape) {
-  TORCH_CHECK(tensor.device() == reference.device(), "cross scan: ", name,
-              " must be on ", reference.device(), ", got ", tensor.device());
-  TORCH_CHECK(tensor.scalar_type() == dtype, "cross scan: ", name,
-              " must have dtype ", dtype, ", got ", tensor.scalar_type());
-  TORCH_CHECK(tensor.sizes() == shape, "cross scan: ", name,
-              " must have shape ", shape, ", got ", tensor.sizes());
-  TORCH_CHECK(tensor.is_contiguous(), "cross scan: ", name,
-              " must be contiguous");
-}
+constexpr char kOpName[] = "cross scan";
 
 // Checks every input and fills the shapes and input pointers of the params.
 CrossScanParams make_cross_params(const at::Tensor &u, const at::Tensor &delta,
@@ -61,15 +47,15 @@ CrossScanParams make_cross_params(const at::Tensor &u, const at::Tensor &delta,
   TORCH_CHECK(dstate >= 1 && dstate <= kCrossMaxStates, "cross scan: the "
               "state size N (A.size(1)) must be in [1, ", kCrossMaxStates,
               "], got ", dstate);
-  const auto acc = cross_accum_type(dtype);
-  check_cross_tensor(delta, "delta", u, dtype,
-                     {batch, 4, dim, height, width});
-  check_cross_tensor(A, "A", u, acc, {4 * dim, dstate});
-  check_cross_tensor(B, "B", u, dtype, {batch, 4, dstate, height, width});
-  check_cross_tensor(C, "C", u, dtype, {batch, 4, dstate, height, width});
-  if (D.has_value()) check_cross_tensor(*D, "D", u, acc, {4 * dim});
+  const auto acc = accum_type(dtype);
+  check_op_tensor(kOpName, delta, "delta", u, dtype,
+                  {batch, 4, dim, height, width});
+  check_op_tensor(kOpName, A, "A", u, acc, {4 * dim, dstate});
+  check_op_tensor(kOpName, B, "B", u, dtype, {batch, 4, dstate, height, width});
+  check_op_tensor(kOpName, C, "C", u, dtype, {batch, 4, dstate, height, width});
+  if (D.has_value()) check_op_tensor(kOpName, *D, "D", u, acc, {4 * dim});
   if (delta_bias.has_value())
-    check_cross_tensor(*delta_bias, "delta_bias", u, acc, {4 * dim});
+    check_op_tensor(kOpName, *delta_bias, "delta_bias", u, acc, {4 * dim});
 
   CrossScanParams params;
   params.batch = batch;
@@ -134,8 +120,7 @@ std::vector<at::Tensor> cross_scan_forward(
   CrossScanParams params =
       make_cross_params(u, delta, A, B, C, D, delta_bias, delta_softplus);
   const c10::cuda::CUDAGuard device_guard(u.device());
-  const auto acc_options =
-      u.options().dtype(cross_accum_type(u.scalar_type()));
+  const auto acc_options = u.options().dtype(accum_type(u.scalar_type()));
   // The four directions add their outputs into one map. The saved buffers
   // are sized for the longer axis; zeroed, their entries past the shorter
   // axis's lines and chunks are defined (the op's outputs are deterministic
@@ -162,11 +147,11 @@ std::vector<at::Tensor> cross_scan_backward(
   CrossScanParams params =
       make_cross_params(u, delta, A, B, C, D, delta_bias, delta_softplus);
   const auto dtype = u.scalar_type();
-  const auto acc = cross_accum_type(dtype);
-  check_cross_tensor(dout, "dout", u, dtype, u.sizes());
-  check_cross_tensor(chunk_states, "chunk_states", u, acc,
-                     chunk_states_shape(params));
-  check_cross_tensor(line_dt, "line_dt", u, acc, line_dt_shape(params));
+  const auto acc = accum_type(dtype);
+  check_op_tensor(kOpName, dout, "dout", u, dtype, u.sizes());
+  check_op_tensor(kOpName, chunk_states, "chunk_states", u, acc,
+                  chunk_states_shape(params));
+  check_op_tensor(kOpName, line_dt, "line_dt", u, acc, line_dt_shape(params));
   const c10::cuda::CUDAGuard device_guard(u.device());
   const auto acc_options = u.options().dtype(acc);
   // u, B, C and the weights collect the gradients of several directions,

@@ -10,27 +10,13 @@
 #include <string>
 #include <vector>
 
+#include "op_checks.h"
 #include "selective_scan_params.h"
 
 namespace mmssm {
 namespace {
 
-at::ScalarType accum_type(at::ScalarType input_type) {
-  return input_type == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-void check_tensor(const at::Tensor &tensor, const char *name,
-                  const at::Tensor &reference, at::ScalarType dtype,
-                  at::IntArrayRef shape) {
-  TORCH_CHECK(tensor.device() == reference.device(), "selective scan: ", name,
-              " must be on ", reference.device(), ", got ", tensor.device());
-  TORCH_CHECK(tensor.scalar_type() == dtype, "selective scan: ", name,
-              " must have dtype ", dtype, ", got ", tensor.scalar_type());
-  TORCH_CHECK(tensor.sizes() == shape, "selective scan: ", name,
-              " must have shape ", shape, ", got ", tensor.sizes());
-  TORCH_CHECK(tensor.is_contiguous(), "selective scan: ", name,
-              " must be contiguous");
-}
+constexpr char kOpName[] = "selective scan";
 
 const void *optional_data(const c10::optional<at::Tensor> &tensor) {
   return tensor.has_value() ? tensor->data_ptr() : nullptr;
@@ -65,9 +51,10 @@ SelectiveScanParams make_params(
   TORCH_CHECK(A.dim() == 2, "selective scan: A must be (num_dirs * dim, "
               "dstate), got shape ", A.sizes());
   const int64_t dstate = A.size(1);
-  check_tensor(u, "u", u, dtype, {batch, dim, length});
-  check_tensor(delta, "delta", u, dtype, {batch, num_dirs * dim, length});
-  check_tensor(A, "A", u, acc, {num_dirs * dim, dstate});
+  check_op_tensor(kOpName, u, "u", u, dtype, {batch, dim, length});
+  check_op_tensor(kOpName, delta, "delta", u, dtype,
+                  {batch, num_dirs * dim, length});
+  check_op_tensor(kOpName, A, "A", u, acc, {num_dirs * dim, dstate});
   if (num_dirs > 1) {
     TORCH_CHECK(height * width == length, "selective scan: height * width (",
                 height, " * ", width, ") must equal length ", length);
@@ -100,14 +87,14 @@ SelectiveScanParams make_params(
       const int64_t groups = x.size(1) / num_dirs;
       TORCH_CHECK(groups > 0 && dim % groups == 0, "selective scan: the "
                   "groups of ", name, " (", groups, ") must divide dim ", dim);
-      check_tensor(x, name, u, dtype, {batch, num_dirs * groups, dstate,
-                                       length});
+      check_op_tensor(kOpName, x, name, u, dtype,
+                      {batch, num_dirs * groups, dstate, length});
       num_groups = groups;
     } else {
       TORCH_CHECK(x.dim() == 2 && num_dirs == 1, "selective scan: ", name,
                   " must be (batch, groups, dstate, length), or (dim, dstate) "
                   "with num_dirs 1, got shape ", x.sizes());
-      check_tensor(x, name, u, acc, {dim, dstate});
+      check_op_tensor(kOpName, x, name, u, acc, {dim, dstate});
     }
   };
   check_bc(B, "B", params.var_B, params.num_groups_B);
@@ -115,10 +102,13 @@ SelectiveScanParams make_params(
   params.channels_per_segment =
       dim / std::lcm(params.var_B ? params.num_groups_B : 1,
                      params.var_C ? params.num_groups_C : 1);
-  if (D.has_value()) check_tensor(*D, "D", u, acc, {num_dirs * dim});
+  if (D.has_value())
+    check_op_tensor(kOpName, *D, "D", u, acc, {num_dirs * dim});
   if (delta_bias.has_value())
-    check_tensor(*delta_bias, "delta_bias", u, acc, {num_dirs * dim});
-  if (z.has_value()) check_tensor(*z, "z", u, dtype, {batch, dim, length});
+    check_op_tensor(kOpName, *delta_bias, "delta_bias", u, acc,
+                    {num_dirs * dim});
+  if (z.has_value())
+    check_op_tensor(kOpName, *z, "z", u, dtype, {batch, dim, length});
 
   params.u = u.data_ptr();
   params.delta = delta.data_ptr();
@@ -232,14 +222,14 @@ std::vector<at::Tensor> selective_scan_backward(
                   num_dirs, height, width, reverse);
   const auto dtype = u.scalar_type();
   const auto acc = accum_type(dtype);
-  check_tensor(dout, "dout", u, dtype, u.sizes());
-  check_tensor(chunk_states, "chunk_states", u, acc,
-               {params.batch, num_dirs * params.dim, params.num_chunks,
-                params.dstate});
+  check_op_tensor(kOpName, dout, "dout", u, dtype, u.sizes());
+  check_op_tensor(
+      kOpName, chunk_states, "chunk_states", u, acc,
+      {params.batch, num_dirs * params.dim, params.num_chunks, params.dstate});
   TORCH_CHECK(z.has_value() == y_pregate.has_value(),
               "selective scan: y_pregate must be given exactly when z is");
   if (y_pregate.has_value())
-    check_tensor(*y_pregate, "y_pregate", u, dtype, u.sizes());
+    check_op_tensor(kOpName, *y_pregate, "y_pregate", u, dtype, u.sizes());
   TORCH_CHECK(kernel == "thread" || kernel == "warp" || kernel == "block",
               "selective scan: kernel must be 'thread', 'warp' or 'block', "
               "got '", kernel, "'");

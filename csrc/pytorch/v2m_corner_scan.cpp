@@ -7,28 +7,13 @@
 
 #include <vector>
 
+#include "op_checks.h"
 #include "v2m_scan_params.h"
 
 namespace mmssm {
 namespace {
 
-at::ScalarType v2m_accum_type(at::ScalarType input_type) {
-  return input_type == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-void check_v2m_tensor(const at::Tensor &tensor, const char *name,
-                      const at::Tensor &reference, at::ScalarType dtype,
-                      at::IntArrayRef shape) {
-  TORCH_CHECK(tensor.device() == reference.device(), "v2m corner scan: ",
-              name, " must be on ", reference.device(), ", got ",
-              tensor.device());
-  TORCH_CHECK(tensor.scalar_type() == dtype, "v2m corner scan: ", name,
-              " must have dtype ", dtype, ", got ", tensor.scalar_type());
-  TORCH_CHECK(tensor.sizes() == shape, "v2m corner scan: ", name,
-              " must have shape ", shape, ", got ", tensor.sizes());
-  TORCH_CHECK(tensor.is_contiguous(), "v2m corner scan: ", name,
-              " must be contiguous");
-}
+constexpr char kOpName[] = "v2m corner scan";
 
 // Checks every input and fills the shapes and input pointers of the params.
 V2MScanParams make_v2m_params(const at::Tensor &u, const at::Tensor &delta,
@@ -69,33 +54,36 @@ V2MScanParams make_v2m_params(const at::Tensor &u, const at::Tensor &delta,
   TORCH_CHECK(dstate >= 1 && dstate <= kV2MMaxStates, "v2m corner scan: the "
               "state size N (A.size(1)) must be in [1, ", kV2MMaxStates,
               "], got ", dstate);
-  const auto acc = v2m_accum_type(dtype);
+  const auto acc = accum_type(dtype);
   const std::vector<int64_t> per_corner{batch, corners, dim, height, width};
   const std::vector<int64_t> shared{batch, dim, height, width};
   V2MScanParams params;
   params.shared_u = u.dim() == 4;
-  check_v2m_tensor(u, "u", u, dtype, params.shared_u ? shared : per_corner);
-  check_v2m_tensor(delta, "delta", u, dtype, per_corner);
-  check_v2m_tensor(A, "A", u, acc, {corners * dim, dstate});
+  check_op_tensor(kOpName, u, "u", u, dtype,
+                  params.shared_u ? shared : per_corner);
+  check_op_tensor(kOpName, delta, "delta", u, dtype, per_corner);
+  check_op_tensor(kOpName, A, "A", u, acc, {corners * dim, dstate});
   params.var_B = B.dim() == 5;
   params.var_C = C.dim() == 5;
   const std::vector<int64_t> matrix{batch, corners, dstate, height, width};
   if (params.var_B) {
-    check_v2m_tensor(B, "B", u, dtype, matrix);
+    check_op_tensor(kOpName, B, "B", u, dtype, matrix);
   } else {
-    check_v2m_tensor(B, "B", u, acc, {corners * dim, dstate});
+    check_op_tensor(kOpName, B, "B", u, acc, {corners * dim, dstate});
   }
   if (params.var_C) {
-    check_v2m_tensor(C, "C", u, dtype, matrix);
+    check_op_tensor(kOpName, C, "C", u, dtype, matrix);
   } else {
-    check_v2m_tensor(C, "C", u, acc, {corners * dim, dstate});
+    check_op_tensor(kOpName, C, "C", u, acc, {corners * dim, dstate});
   }
-  if (D.has_value()) check_v2m_tensor(*D, "D", u, acc, {corners * dim});
+  if (D.has_value()) check_op_tensor(kOpName, *D, "D", u, acc, {corners * dim});
   if (delta_bias.has_value())
-    check_v2m_tensor(*delta_bias, "delta_bias", u, acc, {corners * dim});
+    check_op_tensor(kOpName, *delta_bias, "delta_bias", u, acc,
+                    {corners * dim});
   if (z.has_value()) {
     params.shared_z = z->dim() == 4;
-    check_v2m_tensor(*z, "z", u, dtype, params.shared_z ? shared : per_corner);
+    check_op_tensor(kOpName, *z, "z", u, dtype,
+                    params.shared_z ? shared : per_corner);
   }
 
   params.batch = batch;
@@ -162,7 +150,7 @@ std::vector<at::Tensor> v2m_corner_scan_forward(
   at::Tensor out = at::empty_like(delta);
   at::Tensor chunk_states =
       at::empty(chunk_states_shape(params),
-                u.options().dtype(v2m_accum_type(u.scalar_type())));
+                u.options().dtype(accum_type(u.scalar_type())));
   params.out = out.data_ptr();
   params.chunk_states = chunk_states.data_ptr();
   launch_v2m(params, u.scalar_type(), false);
@@ -181,11 +169,11 @@ std::vector<at::Tensor> v2m_corner_scan_backward(
                       axis_col, backwards_mask);
   const c10::cuda::CUDAGuard device_guard(u.device());
   const auto dtype = u.scalar_type();
-  const auto acc = v2m_accum_type(dtype);
+  const auto acc = accum_type(dtype);
   const auto acc_options = u.options().dtype(acc);
-  check_v2m_tensor(dout, "dout", u, dtype, delta.sizes());
-  check_v2m_tensor(chunk_states, "chunk_states", u, acc,
-                   chunk_states_shape(params));
+  check_op_tensor(kOpName, dout, "dout", u, dtype, delta.sizes());
+  check_op_tensor(kOpName, chunk_states, "chunk_states", u, acc,
+                  chunk_states_shape(params));
   // Shared u and z collect the gradients of all corners.
   at::Tensor du = params.shared_u ? at::zeros(u.sizes(), acc_options)
                                   : at::empty(u.sizes(), acc_options);

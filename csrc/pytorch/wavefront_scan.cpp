@@ -9,27 +9,13 @@
 #include <algorithm>
 #include <vector>
 
+#include "op_checks.h"
 #include "wavefront_scan_params.h"
 
 namespace mmssm {
 namespace {
 
-at::ScalarType wavefront_accum_type(at::ScalarType input_type) {
-  return input_type == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-void check_wavefront_tensor(const at::Tensor &tensor, const char *name,
-                            const at::Tensor &reference, at::ScalarType dtype,
-                            at::IntArrayRef shape) {
-  TORCH_CHECK(tensor.device() == reference.device(), "wavefront scan: ", name,
-              " must be on ", reference.device(), ", got ", tensor.device());
-  TORCH_CHECK(tensor.scalar_type() == dtype, "wavefront scan: ", name,
-              " must have dtype ", dtype, ", got ", tensor.scalar_type());
-  TORCH_CHECK(tensor.sizes() == shape, "wavefront scan: ", name,
-              " must have shape ", shape, ", got ", tensor.sizes());
-  TORCH_CHECK(tensor.is_contiguous(), "wavefront scan: ", name,
-              " must be contiguous");
-}
+constexpr char kOpName[] = "wavefront scan";
 
 int next_power_of_two(int value) {
   int power = 1;
@@ -69,22 +55,24 @@ WavefrontScanParams make_wavefront_params(
   TORCH_CHECK(tile_width >= 1 && tile_width <= kWavefrontMaxTileWidth,
               "wavefront scan: tile_width must be in [1, ",
               kWavefrontMaxTileWidth, "], got ", tile_width);
-  const auto acc = wavefront_accum_type(dtype);
-  check_wavefront_tensor(x, "x", x, dtype, {batch, height, width, channels});
-  check_wavefront_tensor(delta_t, "delta_t", x, dtype,
-                         {batch, height, width, channels});
-  check_wavefront_tensor(delta_l, "delta_l", x, dtype,
-                         {batch, height, width, channels});
-  check_wavefront_tensor(A_t, "A_t", x, acc, {channels, dstate});
-  check_wavefront_tensor(A_l, "A_l", x, acc, {channels, dstate});
-  check_wavefront_tensor(B_t, "B_t", x, dtype, {batch, height, width, dstate});
-  check_wavefront_tensor(B_l, "B_l", x, dtype, {batch, height, width, dstate});
-  check_wavefront_tensor(C, "C", x, dtype, {batch, height, width, dstate});
-  if (D.has_value()) check_wavefront_tensor(*D, "D", x, acc, {channels});
+  const auto acc = accum_type(dtype);
+  check_op_tensor(kOpName, x, "x", x, dtype, {batch, height, width, channels});
+  check_op_tensor(kOpName, delta_t, "delta_t", x, dtype,
+                  {batch, height, width, channels});
+  check_op_tensor(kOpName, delta_l, "delta_l", x, dtype,
+                  {batch, height, width, channels});
+  check_op_tensor(kOpName, A_t, "A_t", x, acc, {channels, dstate});
+  check_op_tensor(kOpName, A_l, "A_l", x, acc, {channels, dstate});
+  check_op_tensor(kOpName, B_t, "B_t", x, dtype,
+                  {batch, height, width, dstate});
+  check_op_tensor(kOpName, B_l, "B_l", x, dtype,
+                  {batch, height, width, dstate});
+  check_op_tensor(kOpName, C, "C", x, dtype, {batch, height, width, dstate});
+  if (D.has_value()) check_op_tensor(kOpName, *D, "D", x, acc, {channels});
   if (delta_bias_t.has_value())
-    check_wavefront_tensor(*delta_bias_t, "delta_bias_t", x, acc, {channels});
+    check_op_tensor(kOpName, *delta_bias_t, "delta_bias_t", x, acc, {channels});
   if (delta_bias_l.has_value())
-    check_wavefront_tensor(*delta_bias_l, "delta_bias_l", x, acc, {channels});
+    check_op_tensor(kOpName, *delta_bias_l, "delta_bias_l", x, acc, {channels});
 
   WavefrontScanParams params;
   params.batch = batch;
@@ -156,8 +144,7 @@ std::vector<at::Tensor> wavefront_scan_forward(
   const c10::cuda::CUDAGuard device_guard(x.device());
   at::Tensor out = at::empty_like(x);
   at::Tensor boundary = at::empty(
-      boundary_shape(params),
-      x.options().dtype(wavefront_accum_type(x.scalar_type())));
+      boundary_shape(params), x.options().dtype(accum_type(x.scalar_type())));
   params.out = out.data_ptr();
   params.boundary = boundary.data_ptr();
   launch_wavefront(params, x.scalar_type(), false);
@@ -178,10 +165,10 @@ std::vector<at::Tensor> wavefront_scan_backward(
       delta_bias_l, delta_softplus, origin_br, tile_width);
   const c10::cuda::CUDAGuard device_guard(x.device());
   const auto dtype = x.scalar_type();
-  const auto acc_options = x.options().dtype(wavefront_accum_type(dtype));
-  check_wavefront_tensor(dout, "dout", x, dtype, x.sizes());
-  check_wavefront_tensor(boundary, "boundary", x,
-                         wavefront_accum_type(dtype), boundary_shape(params));
+  const auto acc_options = x.options().dtype(accum_type(dtype));
+  check_op_tensor(kOpName, dout, "dout", x, dtype, x.sizes());
+  check_op_tensor(kOpName, boundary, "boundary", x, accum_type(dtype),
+                  boundary_shape(params));
   at::Tensor scratch =
       at::empty({params.batch, params.num_groups, params.height,
                  params.tile_width, 32},
