@@ -17,17 +17,12 @@
 #   parameter count; their checkpoint loads into the backbone through
 #   model.backbone.init_cfg=dict(type='Pretrained', checkpoint=PATH), and
 #   mmssm.models.official.from_official('mamba2d', ...) is the exact classifier.
-_base_ = [
-    'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
-    'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
-    'mmpretrain::_base_/default_runtime.py',
-]
+_base_ = '../_base_/recipes/mmpretrain_imagenet.py'
 custom_imports = dict(
     imports=['mmssm.models', 'mmssm.models.layers.mlp_cls_head'],
     allow_failed_imports=False)
 
 model = dict(
-    type='ImageClassifier',
     backbone=dict(
         type='mmssm.Mamba2D',
         arch='tiny',

@@ -13,15 +13,9 @@
 #   set model.backbone.init_cfg=dict(type='Pretrained', checkpoint=PATH) (their
 #   head is not read by mmpretrain's head; use
 #   mmssm.models.from_official('vim', ...) for the exact released classifier).
-_base_ = [
-    'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
-    'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
-    'mmpretrain::_base_/default_runtime.py',
-]
-custom_imports = dict(imports=['mmssm.models'], allow_failed_imports=False)
+_base_ = '../_base_/recipes/deit_in1k_300e.py'
 
 model = dict(
-    type='ImageClassifier',
     backbone=dict(
         type='mmssm.Vim',
         arch='tiny',
@@ -34,17 +28,7 @@ model = dict(
         final_norm=True,
         drop_path_rate=0.1),
     neck=None,
-    head=dict(
-        type='LinearClsHead',
-        num_classes=1000,
-        in_channels=192,
-        loss=dict(
-            type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),
-        init_cfg=dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.)),
-    train_cfg=dict(augments=[
-        dict(type='Mixup', alpha=0.8),
-        dict(type='CutMix', alpha=1.0),
-    ]),
+    head=dict(in_channels=192),
 )
 
 train_dataloader = dict(batch_size=128)
@@ -53,23 +37,5 @@ test_dataloader = val_dataloader
 
 optim_wrapper = dict(
     optimizer=dict(lr=1e-3, weight_decay=0.05),
-    paramwise_cfg=dict(
-        bias_decay_mult=0.0,
-        flat_decay_mult=0.0,
-        custom_keys={
-            '.pos_embed': dict(decay_mult=0.0),
-            '.cls_token': dict(decay_mult=0.0),
-        }),
-)
-param_scheduler = [
-    dict(
-        type='LinearLR',
-        start_factor=1e-3,
-        by_epoch=True,
-        end=5,
-        convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=5),
-]
-train_cfg = dict(by_epoch=True, max_epochs=300, val_interval=1)
-custom_hooks = [dict(type='EMAHook', momentum=4e-5, priority='ABOVE_NORMAL')]
+    paramwise_cfg=dict(custom_keys={'.cls_token': dict(decay_mult=0.0)}))
 auto_scale_lr = dict(base_batch_size=1024)

@@ -2,15 +2,9 @@
 # authors' vmambav2v_tiny_224.yaml: 82.6 top-1, 30 M parameters): AdamW
 # lr 1e-3 at batch 1024 (8 GPUs x 128), weight decay 0.05, 300 epochs with a
 # 20-epoch warm-up and cosine decay, drop path 0.2, gradient clipping 5.
-_base_ = [
-    'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
-    'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
-    'mmpretrain::_base_/default_runtime.py',
-]
-custom_imports = dict(imports=['mmssm.models'], allow_failed_imports=False)
+_base_ = '../_base_/recipes/mmpretrain_imagenet.py'
 
 model = dict(
-    type='ImageClassifier',
     # out_norms.3 is the authors' classifier norm: LN -> pool -> Linear
     backbone=dict(
         type='mmssm.VMamba',
