@@ -28,6 +28,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from .causal_conv1d import ACTIVATIONS as CONV_ACTIVATIONS
+
 # Kernel launch choices. The forward pass runs one thread per (sequence,
 # chunk of positions) with every state in registers where dstate <=
 # _THREAD_SCAN_MAX_STATES: a whole sequence per thread where there are at
@@ -874,7 +876,6 @@ def v2m_corner_scan_cuda(u: Tensor,
 # inputs) from x in its own dtype and float32 weights; the backward kernel
 # recomputes SiLU's derivative from x and returns dx in x's dtype and the
 # weight and bias gradients in the accumulation dtype.
-_CONV_ACTIVATIONS = (None, 'silu')
 
 
 @torch.library.custom_op('mmssm::causal_conv1d_fwd', mutates_args=())
@@ -952,8 +953,8 @@ def causal_conv1d_cuda(x: Tensor,
     Returns:
         Tensor: (B, E, L) in x's dtype (or the autocast dtype).
     """
-    if activation not in _CONV_ACTIVATIONS:
-        raise ValueError(f'activation must be one of {_CONV_ACTIVATIONS}, '
+    if activation not in CONV_ACTIVATIONS:
+        raise ValueError(f'activation must be one of {CONV_ACTIVATIONS}, '
                          f'got {activation!r}')
     _check_input(x, 'x', 3, '(B, E, L)')
     _check_input(weight, 'weight', 3, '(E, 1, K)')
