@@ -15,12 +15,13 @@ import contextlib
 import os
 import statistics
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from mmssm.ops import (backend, causal_conv1d, cross_selective_scan,
-                       selective_scan, v2m_corner_scan, wavefront_scan_2d)
+                       layer_norm, rms_norm, selective_scan, v2m_corner_scan,
+                       wavefront_scan_2d)
 from mmssm.ops.dispatch import FORCE_PYTORCH_ENV
 
 
@@ -192,6 +193,32 @@ def causal_conv1d_case(name: str, batch: int, channels: int, length: int,
                 dict(activation='silu'), traffic, autocast=dtype)
 
 
+def norm_case(op: str, name: str, shape: Tuple[int, ...],
+              out_dtype: torch.dtype, channels_first: bool = False) -> Case:
+    """A norm of a float32 residual stream (or scan output) whose output
+    feeds a half-precision matrix product: out_dtype is the autocast dtype.
+    The PyTorch path is F.layer_norm / F.rms_norm in float32 and a cast, what
+    nn.LayerNorm under autocast and the product's cast amount to."""
+    channels = shape[1] if channels_first else shape[-1]
+
+    def make_inputs() -> Dict[str, torch.Tensor]:
+        inputs = dict(
+            x=torch.randn(*shape, device='cuda').requires_grad_(),
+            weight=torch.randn(channels, device='cuda').requires_grad_())
+        if op == 'layer_norm':
+            inputs['bias'] = torch.randn(channels,
+                                         device='cuda').requires_grad_()
+        return inputs
+
+    numel = 1
+    for size in shape:
+        numel *= size
+    traffic = numel * (4 + element_bytes(out_dtype))
+    return Case(op, name, make_inputs,
+                dict(out_dtype=out_dtype, channels_first=channels_first),
+                traffic)
+
+
 def benchmark_cases() -> List[Case]:
     bf16, fp16 = torch.bfloat16, torch.float16
     return [
@@ -237,6 +264,15 @@ def benchmark_cases() -> List[Case]:
                            768, 197, 4, bf16),
         causal_conv1d_case('Vim-S conv 1024² b8 (E=768, L=4097, K=4)', 8, 768,
                            4097, 4, bf16),
+        norm_case('layer_norm', 'VMamba-T stage 1 block norm 224² b128 '
+                  '(56×56, C=96, fp32 -> fp16)', (128, 56, 56, 96), fp16),
+        norm_case('layer_norm', 'VMamba-T stage 1 SS2D out_norm 224² b128 '
+                  '(C=96 channels-first, 56×56, fp32 -> fp16)',
+                  (128, 96, 56, 56), fp16, channels_first=True),
+        norm_case('layer_norm', 'VMamba-T stage 3 block norm 224² b128 '
+                  '(14×14, C=384, fp32 -> fp16)', (128, 14, 14, 384), fp16),
+        norm_case('rms_norm', 'Vim-S block norm 224² b64 (L=197, C=384, '
+                  'fp32 -> bf16)', (64, 197, 384), bf16),
     ]
 
 
@@ -244,7 +280,9 @@ OPS = {'selective_scan': selective_scan,
        'cross_selective_scan': cross_selective_scan,
        'wavefront_scan_2d': wavefront_scan_2d,
        'v2m_corner_scan': v2m_corner_scan,
-       'causal_conv1d': causal_conv1d}
+       'causal_conv1d': causal_conv1d,
+       'layer_norm': layer_norm,
+       'rms_norm': rms_norm}
 
 
 def time_ms(fn: Callable[[], None], warmup: int, repeats: int) -> float:

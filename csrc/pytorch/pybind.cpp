@@ -82,6 +82,20 @@ std::vector<at::Tensor> causal_conv1d_backward(
     const c10::optional<at::Tensor> &bias, const at::Tensor &dout,
     bool reverse, bool silu);
 
+std::vector<at::Tensor> norm_forward(const at::Tensor &x,
+                                     const c10::optional<at::Tensor> &weight,
+                                     const c10::optional<at::Tensor> &bias,
+                                     double eps, bool rms, bool channels_first,
+                                     at::ScalarType out_dtype);
+
+std::vector<at::Tensor> norm_backward(const at::Tensor &dout,
+                                      const at::Tensor &x,
+                                      const c10::optional<at::Tensor> &weight,
+                                      const c10::optional<at::Tensor> &bias,
+                                      const at::Tensor &mean,
+                                      const at::Tensor &rstd, bool rms,
+                                      bool channels_first);
+
 }  // namespace mmssm
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -150,4 +164,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "dbias)",
         py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("dout"),
         py::arg("reverse"), py::arg("silu"));
+  m.def("norm_forward", &mmssm::norm_forward,
+        "LayerNorm / RMSNorm forward: returns (out, mean, rstd)",
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps"),
+        py::arg("rms"), py::arg("channels_first"), py::arg("out_dtype"));
+  m.def("norm_backward", &mmssm::norm_backward,
+        "LayerNorm / RMSNorm backward: returns (dx, (dweight, dbias) as the "
+        "rows of one tensor)",
+        py::arg("dout"), py::arg("x"), py::arg("weight"), py::arg("bias"),
+        py::arg("mean"), py::arg("rstd"), py::arg("rms"),
+        py::arg("channels_first"));
 }

@@ -23,7 +23,7 @@ scan, walking each corner's lines by indexing).
 Inputs may be float32, float16, bfloat16 (states and sums in float32) or
 float64 (everything in float64).
 """
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -112,6 +112,71 @@ def _accum_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+class _KernelOp:
+    """A kernel function registered as a ``torch.library`` custom op.
+
+    ``torch.compile`` (and export, and any tracing with tensor subclasses)
+    calls the registered op, one graph node with its fake implementation and
+    autograd formula. Eager calls on plain tensors call the function itself,
+    through a ``torch.autograd.Function`` with the same formula where the op
+    has one: torch.library's dispatch of a custom op costs tens of
+    microseconds of host time per call, more than many of these kernels run,
+    and a Vim forward pass makes about a hundred such calls.
+
+    Args:
+        name: The op's qualified name, ``mmssm::<op>``.
+        function: The kernel function; its annotations give the schema.
+    """
+
+    def __init__(self, name: str, function: Callable) -> None:
+        self.name = name
+        self.function = function
+        self.op = torch.library.custom_op(name, mutates_args=())(function)
+        self._eager_autograd: Optional[Callable] = None
+
+    def register_fake(self, fake: Callable) -> Callable:
+        """Registers the op's fake (meta) implementation."""
+        self.op.register_fake(fake)
+        return fake
+
+    def register_autograd(self, backward: Callable,
+                          setup_context: Callable) -> None:
+        """Registers the op's autograd formula, for both call paths."""
+        torch.library.register_autograd(
+            self.name, backward, setup_context=setup_context)
+        function = self.function
+
+        # forward(ctx, ...) rather than a setup_context method, which makes
+        # autograd.Function.apply bind the arguments with inspect on every
+        # call.
+        def forward(ctx, *args):
+            output = function(*args)
+            setup_context(ctx, args, output)
+            return output
+
+        def differentiate(ctx, *grads):
+            return backward(ctx, *grads)
+
+        # Named after the op, so that autograd graphs and profiles show it.
+        eager_op = type(
+            self.name.split('::')[-1] + '_eager', (torch.autograd.Function, ),
+            dict(forward=staticmethod(forward),
+                 backward=staticmethod(differentiate)))
+        self._eager_autograd = eager_op.apply
+
+    def __call__(self, *args):
+        if torch.compiler.is_compiling() or type(args[0]) is not Tensor:
+            return self.op(*args)
+        if self._eager_autograd is not None and torch.is_grad_enabled():
+            return self._eager_autograd(*args)
+        return self.function(*args)
+
+
+def _kernel_op(name: str) -> Callable[[Callable], _KernelOp]:
+    """Decorator registering a kernel function as a :class:`_KernelOp`."""
+    return lambda function: _KernelOp(name, function)
+
+
 def _extension():
     """The compiled extension, or a RuntimeError saying how to build it."""
     try:
@@ -125,7 +190,7 @@ def _extension():
     return _ext
 
 
-@torch.library.custom_op('mmssm::selective_scan_fwd', mutates_args=())
+@_kernel_op('mmssm::selective_scan_fwd')
 def _scan_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                   D: Optional[Tensor], z: Optional[Tensor],
                   delta_bias: Optional[Tensor], delta_softplus: bool,
@@ -164,7 +229,7 @@ def _scan_forward_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     return out, y_pregate, chunk_states
 
 
-@torch.library.custom_op('mmssm::selective_scan_bwd', mutates_args=())
+@_kernel_op('mmssm::selective_scan_bwd')
 def _scan_backward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                    D: Optional[Tensor], z: Optional[Tensor],
                    delta_bias: Optional[Tensor], dout: Tensor,
@@ -225,19 +290,17 @@ def _scan_autograd_backward(ctx, dout, _dy_pregate, _dchunk_states):
      chunk_states) = ctx.saved_tensors
     du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = _scan_backward(
         u, delta, A, B, C, D, z, delta_bias,
-        dout.to(u.dtype).contiguous(), y_pregate if z is not None else None,
+        _dense(dout, u.dtype), y_pregate if z is not None else None,
         chunk_states, ctx.delta_softplus, ctx.num_dirs, ctx.height, ctx.width,
         ctx.reverse)
-    return (du.to(u.dtype), ddelta, dA, dB.to(B.dtype), dC.to(C.dtype),
+    return (_dense(du, u.dtype), ddelta, dA, _dense(dB, B.dtype), _dense(dC, C.dtype),
             dD if D is not None else None, dz if z is not None else None,
             ddelta_bias if delta_bias is not None else None, None, None, None,
             None, None)
 
 
-torch.library.register_autograd(
-    'mmssm::selective_scan_fwd',
-    _scan_autograd_backward,
-    setup_context=_scan_setup_context)
+_scan_forward.register_autograd(
+    _scan_autograd_backward, _scan_setup_context)
 
 
 def _check_input(tensor: Tensor, name: str, ndim: int, shape_text: str) -> None:
@@ -252,13 +315,22 @@ def _check_input(tensor: Tensor, name: str, ndim: int, shape_text: str) -> None:
         raise ValueError(f'{name} must be real, got {tensor.dtype}')
 
 
+def _dense(tensor: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """``tensor.to(dtype).contiguous()``, skipping the calls that would
+    return it unchanged (each costs microseconds of host time, and every op
+    call converts a dozen arguments)."""
+    if (dtype is None or tensor.dtype == dtype) and tensor.is_contiguous():
+        return tensor
+    return tensor.to(dtype or tensor.dtype).contiguous()
+
+
 def _weight(tensor: Optional[Tensor], accum: torch.dtype,
             name: str) -> Optional[Tensor]:
     if tensor is None:
         return None
     if tensor.is_complex():
         raise ValueError(f'{name} must be real, got {tensor.dtype}')
-    return tensor.to(accum).contiguous()
+    return _dense(tensor, accum)
 
 
 def _input_dtype(u: Tensor) -> torch.dtype:
@@ -319,12 +391,12 @@ def selective_scan_cuda(
             return _weight(x, accum, name)
         if x.dim() == 3:
             x = x.unsqueeze(1)
-        return x.to(dtype).contiguous()
+        return _dense(x, dtype)
 
     out, _, chunk_states = _scan_forward(
-        u.contiguous(), delta.to(dtype).contiguous(), _weight(A, accum, 'A'),
+        _dense(u), _dense(delta, dtype), _weight(A, accum, 'A'),
         projection(B, 'B'), projection(C, 'C'), _weight(D, accum, 'D'),
-        z.to(dtype).contiguous() if z is not None else None,
+        _dense(z, dtype) if z is not None else None,
         _weight(delta_bias, accum, 'delta_bias'), delta_softplus, 1, 1, 1,
         reverse)
     if return_last_state:
@@ -378,12 +450,12 @@ def cross_selective_scan_cuda(u: Tensor,
     weights = (_weight(A, accum, 'A'), _weight(D, accum, 'D'),
                _weight(delta_bias, accum, 'delta_bias'))
     if _cross_uses_tiles(batch, dim, num_states):
-        out, _, _ = _cross_forward(u.contiguous(),
-                                   delta.to(dtype).contiguous(), weights[0],
-                                   B.to(dtype).contiguous(),
-                                   C.to(dtype).contiguous(), weights[1],
+        out, _, _ = _cross_forward(_dense(u),
+                                   _dense(delta, dtype), weights[0],
+                                   _dense(B, dtype),
+                                   _dense(C, dtype), weights[1],
                                    weights[2], delta_softplus)
-        return out.to(dtype)
+        return _dense(out, dtype)
     length = height * width
     out, _, _ = _scan_forward(
         u.reshape(batch, dim, length).contiguous(),
@@ -421,7 +493,7 @@ def _cross_uses_tiles(batch: int, dim: int, num_states: int) -> bool:
             batch * _CROSS_DIRECTIONS * dim < _CROSS_TILED_MAX_SEQUENCES)
 
 
-@torch.library.custom_op('mmssm::cross_scan_fwd', mutates_args=())
+@_kernel_op('mmssm::cross_scan_fwd')
 def _cross_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                    D: Optional[Tensor], delta_bias: Optional[Tensor],
                    delta_softplus: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -452,7 +524,7 @@ def _cross_forward_fake(u, delta, A, B, C, D, delta_bias, delta_softplus):
             u.new_empty(line_shape, dtype=accum))
 
 
-@torch.library.custom_op('mmssm::cross_scan_bwd', mutates_args=())
+@_kernel_op('mmssm::cross_scan_bwd')
 def _cross_backward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                     D: Optional[Tensor], delta_bias: Optional[Tensor],
                     dout: Tensor, chunk_states: Tensor, line_dt: Tensor,
@@ -496,17 +568,15 @@ def _cross_autograd_backward(ctx, dout, _dchunk_states, _dline_dt):
      line_dt) = ctx.saved_tensors
     du, ddelta, dA, dB, dC, dD, ddelta_bias = _cross_backward(
         u, delta, A, B, C, D, delta_bias,
-        dout.to(u.dtype).contiguous(), chunk_states, line_dt,
+        _dense(dout, u.dtype), chunk_states, line_dt,
         ctx.delta_softplus)
-    return (du.to(u.dtype), ddelta, dA, dB.to(B.dtype), dC.to(C.dtype),
+    return (_dense(du, u.dtype), ddelta, dA, _dense(dB, B.dtype), _dense(dC, C.dtype),
             dD if D is not None else None,
             ddelta_bias if delta_bias is not None else None, None)
 
 
-torch.library.register_autograd(
-    'mmssm::cross_scan_fwd',
-    _cross_autograd_backward,
-    setup_context=_cross_setup_context)
+_cross_forward.register_autograd(
+    _cross_autograd_backward, _cross_setup_context)
 
 
 # Mamba2D's wavefront scan. A block owns a group of (channel, state) lanes of
@@ -534,7 +604,7 @@ def _wavefront_tiling(batch: int, width: int, channels: int,
     return groups, tile, -(-width // tile)
 
 
-@torch.library.custom_op('mmssm::wavefront_scan_fwd', mutates_args=())
+@_kernel_op('mmssm::wavefront_scan_fwd')
 def _wavefront_forward(x: Tensor, delta_t: Tensor, delta_l: Tensor,
                        A_t: Tensor, A_l: Tensor, B_t: Tensor, B_l: Tensor,
                        C: Tensor, D: Optional[Tensor],
@@ -561,7 +631,7 @@ def _wavefront_forward_fake(x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D,
     return torch.empty_like(x), boundary
 
 
-@torch.library.custom_op('mmssm::wavefront_scan_bwd', mutates_args=())
+@_kernel_op('mmssm::wavefront_scan_bwd')
 def _wavefront_backward(x: Tensor, delta_t: Tensor, delta_l: Tensor,
                         A_t: Tensor, A_l: Tensor, B_t: Tensor, B_l: Tensor,
                         C: Tensor, D: Optional[Tensor],
@@ -624,20 +694,18 @@ def _wavefront_autograd_backward(ctx, dout, _dboundary):
      ddelta_bias_l) = _wavefront_backward(
          x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_bias_t,
          delta_bias_l,
-         dout.to(x.dtype).contiguous(), boundary, ctx.delta_softplus,
+         _dense(dout, x.dtype), boundary, ctx.delta_softplus,
          ctx.origin_br, ctx.tile_width)
-    return (dx, ddelta_t, ddelta_l, dA_t, dA_l, dB_t.to(B_t.dtype),
-            dB_l.to(B_l.dtype), dC.to(C.dtype),
+    return (dx, ddelta_t, ddelta_l, dA_t, dA_l, _dense(dB_t, B_t.dtype),
+            _dense(dB_l, B_l.dtype), _dense(dC, C.dtype),
             dD if D is not None else None,
             ddelta_bias_t if delta_bias_t is not None else None,
             ddelta_bias_l if delta_bias_l is not None else None, None, None,
             None)
 
 
-torch.library.register_autograd(
-    'mmssm::wavefront_scan_fwd',
-    _wavefront_autograd_backward,
-    setup_context=_wavefront_setup_context)
+_wavefront_forward.register_autograd(
+    _wavefront_autograd_backward, _wavefront_setup_context)
 
 
 def wavefront_scan_2d_cuda(x: Tensor,
@@ -687,10 +755,10 @@ def wavefront_scan_2d_cuda(x: Tensor,
     batch, _, width, channels = x.shape
     _, tile_width, _ = _wavefront_tiling(batch, width, channels, A_t.shape[1])
     out, _ = _wavefront_forward(
-        x.contiguous(), delta_t.to(dtype).contiguous(),
-        delta_l.to(dtype).contiguous(), _weight(A_t, accum, 'A_t'),
-        _weight(A_l, accum, 'A_l'), B_t.to(dtype).contiguous(),
-        B_l.to(dtype).contiguous(), C.to(dtype).contiguous(),
+        _dense(x), _dense(delta_t, dtype),
+        _dense(delta_l, dtype), _weight(A_t, accum, 'A_t'),
+        _weight(A_l, accum, 'A_l'), _dense(B_t, dtype),
+        _dense(B_l, dtype), _dense(C, dtype),
         _weight(D, accum, 'D'), _weight(delta_bias_t, accum, 'delta_bias_t'),
         _weight(delta_bias_l, accum, 'delta_bias_l'), delta_softplus,
         origin == 'br', tile_width)
@@ -721,7 +789,7 @@ def _backwards_mask(corners: tuple[str, ...], axis: str) -> int:
     return mask
 
 
-@torch.library.custom_op('mmssm::v2m_corner_scan_fwd', mutates_args=())
+@_kernel_op('mmssm::v2m_corner_scan_fwd')
 def _v2m_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                  D: Optional[Tensor], z: Optional[Tensor],
                  delta_bias: Optional[Tensor], delta_softplus: bool,
@@ -746,7 +814,7 @@ def _v2m_forward_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     return torch.empty_like(delta), chunk_states
 
 
-@torch.library.custom_op('mmssm::v2m_corner_scan_bwd', mutates_args=())
+@_kernel_op('mmssm::v2m_corner_scan_bwd')
 def _v2m_backward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                   D: Optional[Tensor], z: Optional[Tensor],
                   delta_bias: Optional[Tensor], dout: Tensor,
@@ -796,18 +864,16 @@ def _v2m_autograd_backward(ctx, dout, _dchunk_states):
     u, delta, A, B, C, D, z, delta_bias, chunk_states = ctx.saved_tensors
     du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = _v2m_backward(
         u, delta, A, B, C, D, z, delta_bias,
-        dout.to(u.dtype).contiguous(), chunk_states, ctx.delta_softplus,
+        _dense(dout, u.dtype), chunk_states, ctx.delta_softplus,
         ctx.axis_col, ctx.backwards_mask)
-    return (du.to(u.dtype), ddelta, dA, dB.to(B.dtype), dC.to(C.dtype),
+    return (_dense(du, u.dtype), ddelta, dA, _dense(dB, B.dtype), _dense(dC, C.dtype),
             dD if D is not None else None,
-            dz.to(z.dtype) if z is not None else None,
+            _dense(dz, z.dtype) if z is not None else None,
             ddelta_bias if delta_bias is not None else None, None, None, None)
 
 
-torch.library.register_autograd(
-    'mmssm::v2m_corner_scan_fwd',
-    _v2m_autograd_backward,
-    setup_context=_v2m_setup_context)
+_v2m_forward.register_autograd(
+    _v2m_autograd_backward, _v2m_setup_context)
 
 
 def v2m_corner_scan_cuda(u: Tensor,
@@ -860,12 +926,12 @@ def v2m_corner_scan_cuda(u: Tensor,
     def matrix(x: Tensor, name: str) -> Tensor:
         if x.dim() == 2:
             return _weight(x, accum, name)
-        return x.to(dtype).contiguous()
+        return _dense(x, dtype)
 
     out, _ = _v2m_forward(
-        u.contiguous(), delta.to(dtype).contiguous(), _weight(A, accum, 'A'),
+        _dense(u), _dense(delta, dtype), _weight(A, accum, 'A'),
         matrix(B, 'B'), matrix(C, 'C'), _weight(D, accum, 'D'),
-        z.to(dtype).contiguous() if z is not None else None,
+        _dense(z, dtype) if z is not None else None,
         _weight(delta_bias, accum, 'delta_bias'), delta_softplus,
         axis == 'col', _backwards_mask(tuple(corners), axis))
     return out
@@ -878,7 +944,7 @@ def v2m_corner_scan_cuda(u: Tensor,
 # weight and bias gradients in the accumulation dtype.
 
 
-@torch.library.custom_op('mmssm::causal_conv1d_fwd', mutates_args=())
+@_kernel_op('mmssm::causal_conv1d_fwd')
 def _conv_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor],
                   reverse: bool, silu: bool) -> Tensor:
     """Kernel forward; weight is (E, K) and bias (E,) in the accum dtype."""
@@ -890,7 +956,7 @@ def _conv_forward_fake(x, weight, bias, reverse, silu):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op('mmssm::causal_conv1d_bwd', mutates_args=())
+@_kernel_op('mmssm::causal_conv1d_bwd')
 def _conv_backward(x: Tensor, weight: Tensor, bias: Optional[Tensor],
                    dout: Tensor, reverse: bool, silu: bool) -> list[Tensor]:
     """Kernel backward; returns (dx, dweight, dbias), dbias empty without a
@@ -919,15 +985,13 @@ def _conv_setup_context(ctx, inputs, output) -> None:
 def _conv_autograd_backward(ctx, dout):
     x, weight, bias = ctx.saved_tensors
     dx, dweight, dbias = _conv_backward(x, weight, bias,
-                                        dout.to(x.dtype).contiguous(),
+                                        _dense(dout, x.dtype),
                                         ctx.reverse, ctx.silu)
     return dx, dweight, dbias if bias is not None else None, None, None
 
 
-torch.library.register_autograd(
-    'mmssm::causal_conv1d_fwd',
-    _conv_autograd_backward,
-    setup_context=_conv_setup_context)
+_conv_forward.register_autograd(
+    _conv_autograd_backward, _conv_setup_context)
 
 
 def causal_conv1d_cuda(x: Tensor,
@@ -967,6 +1031,162 @@ def causal_conv1d_cuda(x: Tensor,
     accum = _accum_dtype(dtype)
     channels, _, kernel = weight.shape
     return _conv_forward(
-        x.to(dtype).contiguous(),
+        _dense(x, dtype),
         _weight(weight.reshape(channels, kernel), accum, 'weight'),
         _weight(bias, accum, 'bias'), reverse, activation == 'silu')
+
+
+# LayerNorm / RMSNorm over channels: the kernels compute in float32 (float64
+# for float64 inputs) from x in its own dtype and store the output in x's
+# dtype or, for a float32 x, in float16/bfloat16; the backward kernel returns
+# dx in x's dtype and the weight and bias gradients in the accumulation
+# dtype.
+
+
+@_kernel_op('mmssm::norm_fwd')
+def _norm_forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                  eps: float, rms: bool, channels_first: bool,
+                  out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Kernel forward; returns (out, mean, rstd), mean empty for RMSNorm.
+
+    x is (rows, C), or (B, C, positions) with channels_first; out is
+    (rows, C) either way."""
+    return tuple(_extension().norm_forward(x, weight, bias, eps, rms,
+                                           channels_first, out_dtype))
+
+
+def _norm_rows(x: Tensor, channels_first: bool) -> int:
+    return x.shape[0] * x.shape[2] if channels_first else x.shape[0]
+
+
+@_norm_forward.register_fake
+def _norm_forward_fake(x, weight, bias, eps, rms, channels_first, out_dtype):
+    rows = _norm_rows(x, channels_first)
+    accum = _accum_dtype(x.dtype)
+    return (x.new_empty((rows, x.shape[1]), dtype=out_dtype),
+            x.new_empty((0 if rms else rows, ), dtype=accum),
+            x.new_empty((rows, ), dtype=accum))
+
+
+@_kernel_op('mmssm::norm_bwd')
+def _norm_backward(dout: Tensor, x: Tensor, weight: Optional[Tensor],
+                   bias: Optional[Tensor], mean: Tensor, rstd: Tensor,
+                   rms: bool, channels_first: bool) -> list[Tensor]:
+    """Kernel backward; returns dx and the weight and bias gradients as
+    the rows of one (2, C) tensor (zero where weight or bias is None)."""
+    return list(_extension().norm_backward(dout, x, weight, bias, mean, rstd,
+                                           rms, channels_first))
+
+
+@_norm_backward.register_fake
+def _norm_backward_fake(dout, x, weight, bias, mean, rstd, rms,
+                        channels_first):
+    return [
+        torch.empty_like(x),
+        x.new_empty((2, x.shape[1]), dtype=_accum_dtype(x.dtype))
+    ]
+
+
+def _norm_setup_context(ctx, inputs, output) -> None:
+    x, weight, bias, _eps, rms, channels_first, _out_dtype = inputs
+    out, mean, rstd = output
+    ctx.save_for_backward(x, weight, bias, mean, rstd)
+    ctx.rms = rms
+    ctx.channels_first = channels_first
+    ctx.out_dtype = out.dtype
+
+
+def _norm_autograd_backward(ctx, dout, _dmean, _drstd):
+    x, weight, bias, mean, rstd = ctx.saved_tensors
+    dx, dweight_dbias = _norm_backward(
+        _dense(dout, ctx.out_dtype), x, weight, bias, mean, rstd,
+        ctx.rms, ctx.channels_first)
+    return (dx, dweight_dbias[0] if weight is not None else None,
+            dweight_dbias[1] if bias is not None else None, None, None, None,
+            None)
+
+
+_norm_forward.register_autograd(
+    _norm_autograd_backward, _norm_setup_context)
+
+
+def _norm_cuda(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+               eps: float, out_dtype: Optional[torch.dtype],
+               channels_first: bool, rms: bool) -> Tensor:
+    """LayerNorm or RMSNorm with the compiled kernels; see mmssm.ops.norm."""
+    if not x.is_cuda:
+        raise ValueError(f'x must be a CUDA tensor, got {x.device}')
+    if x.dtype not in _INPUT_DTYPES:
+        raise ValueError('x must be float32, float16, bfloat16 or float64 '
+                         f'for the compiled norms, got {x.dtype}')
+    out_dtype = out_dtype or x.dtype
+    if out_dtype not in _INPUT_DTYPES:
+        raise ValueError('out_dtype must be float32, float16, bfloat16 or '
+                         f'float64 for the compiled norms, got {out_dtype}')
+    # The kernels store x's dtype, or a half type from float32; other pairs
+    # compute from x converted to the dtype they compute in anyway.
+    if out_dtype != x.dtype and x.dtype != torch.float32:
+        x = x.to(torch.float64 if out_dtype == torch.float64 else
+                 torch.float32)
+    accum = _accum_dtype(x.dtype)
+    if channels_first:
+        if x.dim() < 2:
+            raise ValueError('a channels-first x must be (B, C, *spatial), '
+                             f'got shape {tuple(x.shape)}')
+        batch, channels, spatial = x.shape[0], x.shape[1], x.shape[2:]
+        flat = x.reshape(batch, channels, -1).contiguous()
+        out_shape = (batch, *spatial, channels)
+    else:
+        channels = x.shape[-1]
+        flat = x.reshape(-1, channels).contiguous()
+        out_shape = (*x.shape[:-1], channels)
+    out, _, _ = _norm_forward(flat, _weight(weight, accum, 'weight'),
+                              _weight(bias, accum, 'bias'), float(eps), rms,
+                              channels_first, out_dtype)
+    return out.view(out_shape)
+
+
+def layer_norm_cuda(x: Tensor,
+                    weight: Optional[Tensor] = None,
+                    bias: Optional[Tensor] = None,
+                    eps: float = 1e-5,
+                    out_dtype: Optional[torch.dtype] = None,
+                    channels_first: bool = False) -> Tensor:
+    """LayerNorm over channels with the compiled kernels.
+
+    See mmssm.ops.layer_norm. Channel-last rows take at most 2048 channels.
+
+    Args:
+        x (Tensor): (..., C), or (B, C, *spatial) with channels_first.
+        weight (Tensor, optional): (C,).
+        bias (Tensor, optional): (C,).
+        eps (float): Added to the variance.
+        out_dtype (torch.dtype, optional): Output dtype; None for x's.
+        channels_first (bool): Normalise dim 1, return channel-last.
+
+    Returns:
+        Tensor: (..., C) or (B, *spatial, C) in out_dtype.
+    """
+    return _norm_cuda(x, weight, bias, eps, out_dtype, channels_first, False)
+
+
+def rms_norm_cuda(x: Tensor,
+                  weight: Optional[Tensor] = None,
+                  eps: float = 1e-5,
+                  out_dtype: Optional[torch.dtype] = None,
+                  channels_first: bool = False) -> Tensor:
+    """RMSNorm over channels with the compiled kernels.
+
+    See mmssm.ops.rms_norm. Channel-last rows take at most 2048 channels.
+
+    Args:
+        x (Tensor): (..., C), or (B, C, *spatial) with channels_first.
+        weight (Tensor, optional): (C,).
+        eps (float): Added to the mean square.
+        out_dtype (torch.dtype, optional): Output dtype; None for x's.
+        channels_first (bool): Normalise dim 1, return channel-last.
+
+    Returns:
+        Tensor: (..., C) or (B, *spatial, C) in out_dtype.
+    """
+    return _norm_cuda(x, weight, None, eps, out_dtype, channels_first, True)

@@ -26,7 +26,8 @@ from torch import Tensor
 #: Ops that have a compiled CUDA counterpart named ``<op>_cuda``.
 DISPATCHED_OPS: Tuple[str, ...] = ('selective_scan', 'cross_selective_scan',
                                    'wavefront_scan_2d', 'v2m_corner_scan',
-                                   'causal_conv1d')
+                                   'causal_conv1d', 'layer_norm',
+                                   'rms_norm')
 
 FORCE_PYTORCH_ENV = 'MMSSM_FORCE_PYTORCH_OPS'
 REQUIRE_CUDA_ENV = 'MMSSM_REQUIRE_CUDA_OPS'

@@ -67,7 +67,8 @@ def errors_against_reference(
 
     Each float32 sample is cast to ``dtype`` (those ``is_weight(name,
     value)`` picks to :func:`weight_dtype`) for the compiled op, and the same
-    values to float64 for the reference; both get the same output gradient.
+    values to float64 for the reference; both get the same output gradient
+    (rounded to ``dtype``).
     An input the reference leaves without a gradient (unused by a map, e.g.
     the top path of a single row) is expected to get zeros from the kernel.
 
@@ -94,9 +95,12 @@ def errors_against_reference(
     out = compiled(**mine, **kwargs)
     expected = reference(**ref, **kwargs)
     assert out.dtype == dtype and out.shape == expected.shape
-    grad_out = torch.randn_like(expected)
-    out.backward(grad_out.to(dtype))
-    expected.backward(grad_out)
+    # Both get the output gradient as rounded to dtype: the kernel cannot see
+    # more of it, and a sum over many products (dD) would otherwise carry
+    # that rounding, amplified by cancellation, into the comparison.
+    grad_out = torch.randn_like(expected).to(dtype)
+    out.backward(grad_out)
+    expected.backward(grad_out.double())
     compared = {'out': (out, expected)}
     for name, value in mine.items():
         if value is not None:
@@ -157,3 +161,27 @@ def assert_sanitizer_clean(tool: str, script: str) -> None:
         capture_output=True, text=True, env=dict(os.environ))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert SANITIZER_CLEAN[tool] in result.stdout, result.stdout[-4000:]
+
+
+def assert_compiled_matches_eager(module: torch.nn.Module, x: Tensor,
+                                  parameter: Tensor) -> None:
+    """``torch.compile(fullgraph=True)`` of ``module`` (so: no graph break)
+    gives the eager loss ``sum(module(x)^2)`` and the same gradients of x
+    and of ``parameter``.
+
+    Args:
+        module: The module, on the GPU.
+        x: Its input, requiring gradients.
+        parameter: One of its parameters.
+    """
+    compiled = torch.compile(module, fullgraph=True, backend='aot_eager')
+    loss = (compiled(x)**2).sum()
+    loss.backward()
+    grads = [x.grad.clone(), parameter.grad.clone()]
+    x.grad = None
+    module.zero_grad()
+    eager = (module(x)**2).sum()
+    eager.backward()
+    assert relative_error(loss, eager) < 1e-6
+    assert relative_error(grads[0], x.grad) < 1e-6
+    assert relative_error(grads[1], parameter.grad) < 1e-6

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from mmssm.ops import backend, causal_conv1d, compiled_ops_available, cuda_ops
 from mmssm.ops.causal_conv1d import _causal_conv1d_pytorch
 from cuda_testing import (ALL_DTYPES, TOLERANCES, assert_close,
+                          assert_compiled_matches_eager,
                           assert_sanitizer_clean, errors_against_reference,
                           needs_sanitizer, relative_error, sample)
 
@@ -264,17 +265,7 @@ def test_cuda_torch_compile_full_graph():
 
     module = TinyConv().cuda()
     x = torch.randn(2, 4, 9, device='cuda', requires_grad=True)
-    compiled = torch.compile(module, fullgraph=True, backend='aot_eager')
-    loss = (compiled(x)**2).sum()
-    loss.backward()
-    grads = [x.grad.clone(), module.conv.weight.grad.clone()]
-    x.grad = None
-    module.zero_grad()
-    eager = (module(x)**2).sum()
-    eager.backward()
-    assert relative_error(loss, eager) < 1e-6
-    assert relative_error(grads[0], x.grad) < 1e-6
-    assert relative_error(grads[1], module.conv.weight.grad) < 1e-6
+    assert_compiled_matches_eager(module, x, module.conv.weight)
 
 
 @pytest.mark.cuda

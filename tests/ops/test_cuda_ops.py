@@ -659,3 +659,37 @@ def test_thread_backward_kernel_sanitizer_clean(tool):
         '            None, True, reverse=reverse).sum().backward()\n'
         'torch.cuda.synchronize()\n')
     assert_sanitizer_clean(tool, script)
+
+
+def test_kernel_op_calls_eagerly_and_registers_the_op():
+    # A _KernelOp runs its function directly in eager mode (through an
+    # autograd.Function with the registered formula), and torch.compile
+    # traces the registered op with its fake implementation.
+    traced = []
+
+    def scale(x: Tensor, factor: float) -> Tensor:
+        traced.append(type(x))
+        return x * factor
+
+    op = cuda_ops._KernelOp('mmssm_test::scale', scale)
+    op.register_fake(lambda x, factor: torch.empty_like(x))
+
+    def setup_context(ctx, inputs, output):
+        ctx.factor = inputs[1]
+
+    op.register_autograd(lambda ctx, grad: (grad * ctx.factor, None),
+                         setup_context)
+    x = torch.randn(5, requires_grad=True)
+    out = op(x, 3.0)
+    assert type(out.grad_fn).__name__ == 'scale_eagerBackward'
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, torch.full((5, ), 3.0))
+    with torch.no_grad():
+        assert op(x, 2.0).grad_fn is None
+    assert traced == [Tensor, Tensor]
+    x.grad = None
+    compiled = torch.compile(lambda t: op(t, 4.0), fullgraph=True,
+                             backend='aot_eager')
+    compiled(x).sum().backward()
+    torch.testing.assert_close(x.grad, torch.full((5, ), 4.0))
+    torch.testing.assert_close(torch.ops.mmssm_test.scale(x, 2.0), 2 * x)

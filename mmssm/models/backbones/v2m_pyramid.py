@@ -51,6 +51,7 @@ from torch import nn
 
 from mmssm.ops import v2m_corner_scan
 from mmssm.registry import MODELS
+from ..layers.norm import LayerNorm
 from .vmamba import (VMamba, dt_bias_init, official_key_to_mmssm,
                      resolve_arch)
 
@@ -124,7 +125,8 @@ class V2M2DMixer(nn.Module):
                 f'{name}_A_log',
                 nn.Parameter(log_a.repeat(corners * d_inner, 1)))
         self.col_D = nn.Parameter(torch.ones(corners * d_inner))
-        self.out_norm = nn.LayerNorm(d_inner)
+        # Normalises the channels-first corner sum straight to channel-last.
+        self.out_norm = LayerNorm(d_inner, channels_first=True)
         self.out_proj = nn.Linear(d_inner, embed_dims, bias=False)
 
     def _projections(self, x: torch.Tensor,
@@ -192,7 +194,7 @@ class V2M2DMixer(nn.Module):
             delta_softplus=True,
             axis='col',
             corners=CORNERS)
-        y = self.out_norm(y.sum(dim=1).permute(0, 2, 3, 1))
+        y = self.out_norm(y.sum(dim=1))
         return self.out_proj(y)
 
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from ..layers.drop_path import DropPath
+from ..layers.norm import LayerNorm
 from torch import nn
 
 from mmssm.ops import cross_selective_scan
@@ -209,7 +210,8 @@ class SS2D(nn.Module):
         log_a = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32))
         self.A_log = nn.Parameter(log_a.repeat(routes * d_inner, 1))
         self.D = nn.Parameter(torch.ones(routes * d_inner))
-        self.out_norm = nn.LayerNorm(d_inner)
+        # Normalises the channels-first scan output straight to channel-last.
+        self.out_norm = LayerNorm(d_inner, channels_first=True)
         self.out_proj = nn.Linear(d_inner, embed_dims, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -249,7 +251,7 @@ class SS2D(nn.Module):
             D=self.D,
             delta_bias=self.dt_proj_bias.flatten(),
             delta_softplus=True)
-        y = self.out_norm(y.permute(0, 2, 3, 1))
+        y = self.out_norm(y)
         if self.gated:
             y = y * F.silu(z)
         return self.out_proj(y)
@@ -270,14 +272,16 @@ class VSSBlock(nn.Module):
     def __init__(self, embed_dims: int, mixer: nn.Module, mlp_ratio: float,
                  drop_path: float) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(embed_dims)
+        # Norms that feed a projection: float32 statistics, output in the
+        # autocast dtype (the residual stream stays float32).
+        self.norm1 = LayerNorm(embed_dims)
         self.mixer = mixer
         self.drop_path = DropPath(drop_path) if drop_path > 0 else (
             nn.Identity())
         self.with_mlp = mlp_ratio > 0
         if self.with_mlp:
             hidden = int(embed_dims * mlp_ratio)
-            self.norm2 = nn.LayerNorm(embed_dims)
+            self.norm2 = LayerNorm(embed_dims)
             self.mlp = nn.Sequential()
             self.mlp.add_module('fc1', nn.Linear(embed_dims, hidden))
             self.mlp.add_module('act', nn.GELU())

@@ -21,13 +21,16 @@ family-independent parts:
   :func:`residual_dtype`, :func:`as_pair`.
 """
 import math
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from .drop_path import DropPath
+from .norm import autocast_dtype
 from torch import nn
+
+from mmssm.ops import rms_norm
 
 Grid = Tuple[int, int]
 
@@ -239,7 +242,8 @@ class RMSNorm(nn.Module):
     """Root-mean-square norm over the last dimension, ``weight`` but no bias.
 
     ``y = x / sqrt(mean(x^2) + eps) * weight``, computed in float32 or wider
-    and returned in ``x``'s dtype (as the authors' Triton kernel does).
+    and returned in ``x``'s dtype (as the authors' Triton kernel does) or in
+    the dtype asked for (:func:`mmssm.ops.rms_norm`).
 
     Args:
         dims: Size of the last dimension.
@@ -251,12 +255,16 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dims))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise ``x`` (..., dims)."""
-        compute = x.to(residual_dtype(x.dtype))
-        normed = F.rms_norm(compute, (compute.shape[-1], ),
-                            self.weight.to(compute.dtype), self.eps)
-        return normed.to(x.dtype)
+    def forward(self,
+                x: torch.Tensor,
+                out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """Normalise ``x`` (..., dims).
+
+        Args:
+            x: The input.
+            out_dtype: Dtype of the result; None for x's dtype.
+        """
+        return rms_norm(x, self.weight, self.eps, out_dtype)
 
     def extra_repr(self) -> str:
         return f'{self.weight.shape[0]}, eps={self.eps}'
@@ -273,7 +281,8 @@ class PlainResidualBlock(nn.Module):
     tokens); the authors' final fused add + ``norm_f`` is ``RMSNorm(r_depth)``.
     The stream is kept in float32 or wider (``residual_in_fp32``); the norm
     is computed in float32 or wider (as the authors' fused kernel does) and
-    its output cast to the norm weight's dtype for the mixer. The mixer output of block ``i`` gets drop-path rate
+    its output stored in the autocast dtype under autocast, else in the norm
+    weight's dtype, for the mixer. The mixer output of block ``i`` gets drop-path rate
     ``drop_path_rates(rate, depth)[i]``, which is where the authors' shifted
     ``[0] + dpr`` schedule and final ``drop_path`` apply it.
 
@@ -300,7 +309,9 @@ class PlainResidualBlock(nn.Module):
         self.with_cp = with_cp
 
     def _forward(self, residual: torch.Tensor) -> torch.Tensor:
-        hidden = self.mixer(self.norm(residual).to(self.norm.weight.dtype))
+        # Under autocast the norm stores the mixer's input projection dtype.
+        out_dtype = autocast_dtype(residual) or self.norm.weight.dtype
+        hidden = self.mixer(self.norm(residual, out_dtype))
         return residual + self.drop_path(hidden).to(residual.dtype)
 
     def forward(self, residual: torch.Tensor) -> torch.Tensor:

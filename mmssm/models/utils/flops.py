@@ -359,6 +359,10 @@ _SCAN_OPS: Dict[str, Tuple[Type[_TracedScanOp], _ArgsFn, _ArgsFn]] = {
                       lambda args: torch.zeros_like(args['x'])),
 }
 
+#: Ops traced as their PyTorch implementation: ``aten::layer_norm`` and
+#: ``aten::rms_norm`` nodes, which the analyzer counts like ``nn.LayerNorm``.
+_ATEN_TRACED_OPS = ('layer_norm', 'rms_norm')
+
 _inside_scan_op = threading.local()
 
 
@@ -379,6 +383,8 @@ def _make_traced_run_op(run: Callable, run_scans: bool) -> Callable:
         # selective_scan) is one node: its inner calls run unwrapped.
         if getattr(_inside_scan_op, 'active', False):
             return run(op_name, pytorch_impl, *args, **kwargs)
+        if op_name in _ATEN_TRACED_OPS:
+            return pytorch_impl(*args, **kwargs)
         if op_name not in _SCAN_OPS:
             raise KeyError(f'no FLOP rule for scan op {op_name!r}; known ops: '
                            f'{sorted(_SCAN_OPS)}')

@@ -1,0 +1,9 @@
+// LayerNorm / RMSNorm kernels for c10::Half inputs.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "norm_kernel.cuh"
+
+namespace mmssm {
+template void norm_launch<c10::Half, c10::Half>(const NormParams &, bool);
+}  // namespace mmssm
