@@ -152,6 +152,9 @@ class _KernelOp:
         def forward(ctx, *args):
             output = function(*args)
             setup_context(ctx, args, output)
+            # Outputs without a gradient (saved states, statistics) reach
+            # the backward as None, not as zero-filled tensors.
+            ctx.set_materialize_grads(False)
             return output
 
         def differentiate(ctx, *grads):

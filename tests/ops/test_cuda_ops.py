@@ -667,29 +667,37 @@ def test_kernel_op_calls_eagerly_and_registers_the_op():
     # traces the registered op with its fake implementation.
     traced = []
 
-    def scale(x: Tensor, factor: float) -> Tensor:
+    def scale(x: Tensor, factor: float) -> tuple[Tensor, Tensor]:
         traced.append(type(x))
-        return x * factor
+        return x * factor, x.new_zeros(1)
 
     op = cuda_ops._KernelOp('mmssm_test::scale', scale)
-    op.register_fake(lambda x, factor: torch.empty_like(x))
+    op.register_fake(lambda x, factor: (torch.empty_like(x), x.new_empty(1)))
 
     def setup_context(ctx, inputs, output):
         ctx.factor = inputs[1]
+        ctx.mark_non_differentiable(output[1])
 
-    op.register_autograd(lambda ctx, grad: (grad * ctx.factor, None),
-                         setup_context)
+    unused_grads = []
+
+    def backward(ctx, grad, grad_state):
+        unused_grads.append(grad_state)
+        return grad * ctx.factor, None
+
+    op.register_autograd(backward, setup_context)
     x = torch.randn(5, requires_grad=True)
-    out = op(x, 3.0)
+    out, _ = op(x, 3.0)
     assert type(out.grad_fn).__name__ == 'scale_eagerBackward'
     out.sum().backward()
     torch.testing.assert_close(x.grad, torch.full((5, ), 3.0))
+    # The eager path leaves the unused gradient None (no zero fill).
+    assert unused_grads == [None]
     with torch.no_grad():
-        assert op(x, 2.0).grad_fn is None
+        assert op(x, 2.0)[0].grad_fn is None
     assert traced == [Tensor, Tensor]
     x.grad = None
-    compiled = torch.compile(lambda t: op(t, 4.0), fullgraph=True,
+    compiled = torch.compile(lambda t: op(t, 4.0)[0], fullgraph=True,
                              backend='aot_eager')
     compiled(x).sum().backward()
     torch.testing.assert_close(x.grad, torch.full((5, ), 4.0))
-    torch.testing.assert_close(torch.ops.mmssm_test.scale(x, 2.0), 2 * x)
+    torch.testing.assert_close(torch.ops.mmssm_test.scale(x, 2.0)[0], 2 * x)
