@@ -18,7 +18,13 @@ the lines joined by a carry pass). Two more kernel families serve the 2D
 scans: ``mmssm::wavefront_scan_fwd/bwd``
 (Mamba2D's wavefront recurrence, one launch per pass over the whole map) and
 ``mmssm::v2m_corner_scan_fwd/bwd`` (one row or column pass of V2M's corner
-scan, walking each corner's lines by indexing).
+scan, walking each corner's lines by indexing). Around the scans:
+``mmssm::causal_conv1d_fwd/bwd`` (Vim's short convolution + SiLU) and
+``mmssm::norm_fwd/bwd`` (LayerNorm / RMSNorm stored in the autocast dtype).
+
+Traced calls (``torch.compile``) go through the registered ops; eager calls
+run the same kernel functions and autograd formulas without torch.library's
+per-call dispatch (:class:`_KernelOp`).
 
 Inputs may be float32, float16, bfloat16 (states and sums in float32) or
 float64 (everything in float64).

@@ -282,9 +282,10 @@ class PlainResidualBlock(nn.Module):
     The stream is kept in float32 or wider (``residual_in_fp32``); the norm
     is computed in float32 or wider (as the authors' fused kernel does) and
     its output stored in the autocast dtype under autocast, else in the norm
-    weight's dtype, for the mixer. The mixer output of block ``i`` gets drop-path rate
-    ``drop_path_rates(rate, depth)[i]``, which is where the authors' shifted
-    ``[0] + dpr`` schedule and final ``drop_path`` apply it.
+    weight's dtype, for the mixer. The mixer output of block ``i`` gets
+    drop-path rate ``drop_path_rates(rate, depth)[i]``, which is where the
+    authors' shifted ``[0] + dpr`` schedule and final ``drop_path`` apply
+    it.
 
     Args:
         embed_dims: Token channels.
