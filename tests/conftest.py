@@ -1,6 +1,7 @@
 """Shared pytest fixtures and markers of the mmssm test suite."""
 import os
 from pathlib import Path
+from typing import List
 
 import pytest
 import torch
@@ -50,3 +51,28 @@ def _restore_default_scope():
     saved = DefaultScope._instance_dict.copy()
     yield
     DefaultScope._instance_dict = saved
+
+
+def _bf16_autocast_errors(model: torch.nn.Module,
+                          image: torch.Tensor) -> List[float]:
+    """Relative error of each output of ``model(image)`` under CPU bfloat16
+    autocast against float32, with the norm scales and shifts moved away
+    from their 1 / 0 initialisation (so that a norm dropping them under
+    autocast would show). The model is put in eval mode.
+    """
+    model.eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if 'norm' in name:
+                param.normal_(1.0 if name.endswith('weight') else 0.0, 0.5)
+        reference = model(image)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            outputs = model(image)
+    return [((out.float() - ref).norm() / ref.norm()).item()
+            for out, ref in zip(outputs, reference)]
+
+
+@pytest.fixture
+def bf16_autocast_errors():
+    """:func:`_bf16_autocast_errors`, for the backbone tests."""
+    return _bf16_autocast_errors

@@ -12,6 +12,7 @@ Usage:
 """
 import argparse
 import contextlib
+import math
 import os
 import statistics
 from dataclasses import dataclass
@@ -210,10 +211,7 @@ def norm_case(op: str, name: str, shape: Tuple[int, ...],
                                          device='cuda').requires_grad_()
         return inputs
 
-    numel = 1
-    for size in shape:
-        numel *= size
-    traffic = numel * (4 + element_bytes(out_dtype))
+    traffic = math.prod(shape) * (4 + element_bytes(out_dtype))
     return Case(op, name, make_inputs,
                 dict(out_dtype=out_dtype, channels_first=channels_first),
                 traffic)

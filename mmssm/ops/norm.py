@@ -20,18 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .dispatch import run_op
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype a norm of ``dtype`` inputs computes in.
-
-    Args:
-        dtype: The input dtype.
-
-    Returns:
-        float64 for float64 inputs, else float32.
-    """
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .selective_scan import compute_dtype
 
 
 def _check_norm_args(x: Tensor, weight: Optional[Tensor],
@@ -72,7 +61,7 @@ def _norm_pytorch(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     out_dtype = out_dtype or x.dtype
     if channels_first:
         x = x.movedim(1, -1)
-    compute = compute_dtype(x.dtype)
+    compute = compute_dtype(x)
     shape = (x.shape[-1], )
     weight = weight.to(compute) if weight is not None else None
     # Statistics in `compute` whatever autocast would pick.
