@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "causal_conv1d_params.h"
+#include "grad_buffers.h"
 #include "op_checks.h"
 
 namespace mmssm {
@@ -114,9 +115,9 @@ std::vector<at::Tensor> causal_conv1d_backward(
   const c10::cuda::CUDAGuard device_guard(x.device());
   const auto acc_options = x.options().dtype(accum_type(dtype));
   at::Tensor dx = at::empty_like(x);
-  at::Tensor dweight = at::zeros(weight.sizes(), acc_options);
-  at::Tensor dbias = bias.has_value() ? at::zeros(bias->sizes(), acc_options)
-                                      : at::empty({0}, acc_options);
+  const auto weight_grads =
+      carve({weight.sizes(), shape_or_empty(bias)}, acc_options, true);
+  const at::Tensor &dweight = weight_grads[0], &dbias = weight_grads[1];
   params.dout = dout.data_ptr();
   params.dx = dx.data_ptr();
   params.dweight = dweight.data_ptr();

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cross_scan_params.h"
+#include "grad_buffers.h"
 #include "op_checks.h"
 
 namespace mmssm {
@@ -127,8 +128,9 @@ std::vector<at::Tensor> cross_scan_forward(
   // wherever no atomic sum is involved).
   at::Tensor out = at::zeros(u.sizes(), acc_options);
   at::Tensor line_states = at::empty(line_shape(params), acc_options);
-  at::Tensor line_dt = at::zeros(line_dt_shape(params), acc_options);
-  at::Tensor chunk_states = at::zeros(chunk_states_shape(params), acc_options);
+  const auto saved = carve({line_dt_shape(params), chunk_states_shape(params)},
+                          acc_options, true);
+  const at::Tensor &line_dt = saved[0], &chunk_states = saved[1];
   params.out = out.data_ptr();
   params.line_states = line_states.data_ptr();
   params.line_dt = line_dt.data_ptr();
@@ -158,14 +160,11 @@ std::vector<at::Tensor> cross_scan_backward(
   // channels or blocks.
   at::Tensor du = at::zeros(u.sizes(), acc_options);
   at::Tensor ddelta = at::empty_like(delta);
-  at::Tensor dA = at::zeros(A.sizes(), acc_options);
-  at::Tensor dB = at::zeros(B.sizes(), acc_options);
-  at::Tensor dC = at::zeros(C.sizes(), acc_options);
-  at::Tensor dD = D.has_value() ? at::zeros(D->sizes(), acc_options)
-                                : at::empty({0}, acc_options);
-  at::Tensor ddelta_bias = delta_bias.has_value()
-                               ? at::zeros(delta_bias->sizes(), acc_options)
-                               : at::empty({0}, acc_options);
+  // One allocation per group of gradients alike in dtype and lifetime.
+  const ScanGrads grads = scan_grads(A, D, delta_bias, B, C, acc_options);
+  const at::Tensor &dA = grads.dA, &dD = grads.dD;
+  const at::Tensor &ddelta_bias = grads.ddelta_bias;
+  const at::Tensor &dB = grads.dB, &dC = grads.dC;
   at::Tensor line_adjoint = at::empty(line_shape(params), acc_options);
   params.chunk_states = const_cast<void *>(chunk_states.data_ptr());
   params.line_dt = const_cast<void *>(line_dt.data_ptr());

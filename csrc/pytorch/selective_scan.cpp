@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "grad_buffers.h"
 #include "op_checks.h"
 #include "selective_scan_params.h"
 
@@ -244,16 +245,14 @@ std::vector<at::Tensor> selective_scan_backward(
   const auto acc_options = u.options().dtype(acc);
   at::Tensor du = num_dirs > 1 ? at::zeros(u.sizes(), acc_options)
                                : at::empty_like(u);
-  at::Tensor ddelta = at::empty_like(delta);
-  at::Tensor dA = at::zeros(A.sizes(), acc_options);
-  at::Tensor dB = at::zeros(B.sizes(), acc_options);
-  at::Tensor dC = at::zeros(C.sizes(), acc_options);
-  at::Tensor dD = D.has_value() ? at::zeros(D->sizes(), acc_options)
-                                : u.new_empty({0}, acc_options);
-  at::Tensor dz = z.has_value() ? at::empty_like(u) : u.new_empty({0});
-  at::Tensor ddelta_bias = delta_bias.has_value()
-                               ? at::zeros(delta_bias->sizes(), acc_options)
-                               : u.new_empty({0}, acc_options);
+  // One allocation per group of gradients alike in dtype and lifetime.
+  const ScanGrads grads = scan_grads(A, D, delta_bias, B, C, acc_options);
+  const at::Tensor &dA = grads.dA, &dD = grads.dD;
+  const at::Tensor &ddelta_bias = grads.ddelta_bias;
+  const at::Tensor &dB = grads.dB, &dC = grads.dC;
+  const auto position_grads =
+      carve({delta.sizes(), shape_or_empty(z)}, delta.options(), false);
+  const at::Tensor &ddelta = position_grads[0], &dz = position_grads[1];
   params.chunk_states = const_cast<void *>(chunk_states.data_ptr());
   params.y_pregate = y_pregate.has_value()
                          ? const_cast<void *>(y_pregate->data_ptr())

@@ -7,6 +7,7 @@
 
 #include <vector>
 
+#include "grad_buffers.h"
 #include "op_checks.h"
 #include "v2m_scan_params.h"
 
@@ -178,17 +179,14 @@ std::vector<at::Tensor> v2m_corner_scan_backward(
   at::Tensor du = params.shared_u ? at::zeros(u.sizes(), acc_options)
                                   : at::empty(u.sizes(), acc_options);
   at::Tensor ddelta = at::empty_like(delta);
-  at::Tensor dA = at::zeros(A.sizes(), acc_options);
-  at::Tensor dB = at::zeros(B.sizes(), acc_options);
-  at::Tensor dC = at::zeros(C.sizes(), acc_options);
-  at::Tensor dD = D.has_value() ? at::zeros(D->sizes(), acc_options)
-                                : at::empty({0}, acc_options);
+  // One allocation per group of gradients alike in dtype and lifetime.
+  const ScanGrads grads = scan_grads(A, D, delta_bias, B, C, acc_options);
+  const at::Tensor &dA = grads.dA, &dD = grads.dD;
+  const at::Tensor &ddelta_bias = grads.ddelta_bias;
+  const at::Tensor &dB = grads.dB, &dC = grads.dC;
   at::Tensor dz = !z.has_value()  ? at::empty({0}, acc_options)
                   : params.shared_z ? at::zeros(z->sizes(), acc_options)
                                     : at::empty(z->sizes(), acc_options);
-  at::Tensor ddelta_bias = delta_bias.has_value()
-                               ? at::zeros(delta_bias->sizes(), acc_options)
-                               : at::empty({0}, acc_options);
   params.chunk_states = const_cast<void *>(chunk_states.data_ptr());
   params.dout = dout.data_ptr();
   params.du = du.data_ptr();

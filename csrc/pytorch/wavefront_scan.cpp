@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "grad_buffers.h"
 #include "op_checks.h"
 #include "wavefront_scan_params.h"
 
@@ -176,20 +177,21 @@ std::vector<at::Tensor> wavefront_scan_backward(
   at::Tensor right_adjoint = at::empty(
       {params.batch, params.num_groups, params.height, 32}, acc_options);
   at::Tensor dx = at::empty_like(x);
-  at::Tensor ddelta_t = at::empty_like(delta_t);
-  at::Tensor ddelta_l = at::empty_like(delta_l);
-  at::Tensor dA_t = at::zeros(A_t.sizes(), acc_options);
-  at::Tensor dA_l = at::zeros(A_l.sizes(), acc_options);
-  at::Tensor dB_t = at::zeros(B_t.sizes(), acc_options);
-  at::Tensor dB_l = at::zeros(B_l.sizes(), acc_options);
-  at::Tensor dC = at::zeros(C.sizes(), acc_options);
-  auto optional_grad = [&](const c10::optional<at::Tensor> &weight) {
-    return weight.has_value() ? at::zeros(weight->sizes(), acc_options)
-                              : at::empty({0}, acc_options);
-  };
-  at::Tensor dD = optional_grad(D);
-  at::Tensor ddelta_bias_t = optional_grad(delta_bias_t);
-  at::Tensor ddelta_bias_l = optional_grad(delta_bias_l);
+  const auto step_grads =
+      carve({delta_t.sizes(), delta_l.sizes()}, delta_t.options(), false);
+  const at::Tensor &ddelta_t = step_grads[0], &ddelta_l = step_grads[1];
+  const auto weight_grads =
+      carve({A_t.sizes(), A_l.sizes(), shape_or_empty(D),
+             shape_or_empty(delta_bias_t), shape_or_empty(delta_bias_l)},
+            acc_options, true);
+  const at::Tensor &dA_t = weight_grads[0], &dA_l = weight_grads[1];
+  const at::Tensor &dD = weight_grads[2];
+  const at::Tensor &ddelta_bias_t = weight_grads[3];
+  const at::Tensor &ddelta_bias_l = weight_grads[4];
+  const auto projection_grads =
+      carve({B_t.sizes(), B_l.sizes(), C.sizes()}, acc_options, true);
+  const at::Tensor &dB_t = projection_grads[0], &dB_l = projection_grads[1];
+  const at::Tensor &dC = projection_grads[2];
   params.boundary = const_cast<void *>(boundary.data_ptr());
   params.dout = dout.data_ptr();
   params.scratch = scratch.data_ptr();

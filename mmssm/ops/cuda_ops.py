@@ -123,11 +123,13 @@ class _KernelOp:
 
     ``torch.compile`` (and export, and any tracing with tensor subclasses)
     calls the registered op, one graph node with its fake implementation and
-    autograd formula. Eager calls on plain tensors call the function itself,
-    through a ``torch.autograd.Function`` with the same formula where the op
-    has one: torch.library's dispatch of a custom op costs tens of
-    microseconds of host time per call, more than many of these kernels run,
-    and a Vim forward pass makes about a hundred such calls.
+    autograd formula. Eager calls on plain tensors bypass torch.library's
+    dispatch, which costs tens of microseconds of host time per call (more
+    than many of these kernels run; a Vim forward pass makes about a hundred
+    such calls): without gradients they call the function itself, with
+    gradients the op's eager autograd function, which runs the same formula
+    as a C++ autograd Function (``csrc/pytorch/autograd.cpp``), so that the
+    backward pass enters no Python.
 
     Args:
         name: The op's qualified name, ``mmssm::<op>``.
@@ -145,33 +147,20 @@ class _KernelOp:
         self.op.register_fake(fake)
         return fake
 
-    def register_autograd(self, backward: Callable,
-                          setup_context: Callable) -> None:
-        """Registers the op's autograd formula, for both call paths."""
+    def register_autograd(self, backward: Callable, setup_context: Callable,
+                          eager: Callable) -> None:
+        """Registers the op's autograd formula.
+
+        Args:
+            backward: The formula's backward, for the registered op.
+            setup_context: What the registered op saves for it.
+            eager: Called with the op's arguments in eager mode with
+                gradients; returns the function's outputs with the autograd
+                graph of the same formula attached.
+        """
         torch.library.register_autograd(
             self.name, backward, setup_context=setup_context)
-        function = self.function
-
-        # forward(ctx, ...) rather than a setup_context method, which makes
-        # autograd.Function.apply bind the arguments with inspect on every
-        # call.
-        def forward(ctx, *args):
-            output = function(*args)
-            setup_context(ctx, args, output)
-            # Outputs without a gradient (saved states, statistics) reach
-            # the backward as None, not as zero-filled tensors.
-            ctx.set_materialize_grads(False)
-            return output
-
-        def differentiate(ctx, *grads):
-            return backward(ctx, *grads)
-
-        # Named after the op, so that autograd graphs and profiles show it.
-        eager_op = type(
-            self.name.split('::')[-1] + '_eager', (torch.autograd.Function, ),
-            dict(forward=staticmethod(forward),
-                 backward=staticmethod(differentiate)))
-        self._eager_autograd = eager_op.apply
+        self._eager_autograd = eager
 
     def __call__(self, *args):
         if torch.compiler.is_compiling() or type(args[0]) is not Tensor:
@@ -179,6 +168,12 @@ class _KernelOp:
         if self._eager_autograd is not None and torch.is_grad_enabled():
             return self._eager_autograd(*args)
         return self.function(*args)
+
+
+def _compiled_autograd(name: str) -> Callable:
+    """Calls ``mmssm._ext.<name>``, an op's C++ autograd Function (the
+    extension is looked up at call time: it loads on first use)."""
+    return lambda *args: getattr(_extension(), name)(*args)
 
 
 def _kernel_op(name: str) -> Callable[[Callable], _KernelOp]:
@@ -199,6 +194,24 @@ def _extension():
     return _ext
 
 
+def _scan_forward_launch(u: Tensor, delta: Tensor, A: Tensor, num_dirs: int,
+                         reverse: bool) -> tuple[int, int, int]:
+    """Threads per block, positions per thread and chunk length (0: the
+    block kernel) of the forward kernel."""
+    if reverse and num_dirs > 1:
+        raise ValueError('reverse is only supported with num_dirs 1 (the '
+                         "cross layout fixes each direction's order), got "
+                         f'num_dirs {num_dirs}')
+    num_threads, num_items = _forward_config(u.shape[-1])
+    # The cross layout keeps the block kernel: its column-major directions
+    # read a pixel per row, which the thread kernel's row tiles cannot
+    # coalesce (8.6 ms against 1.4 ms at VMamba-T stage 1, 224², batch 64).
+    chunk_length = (0 if num_dirs > 1 or A.shape[1] > _THREAD_SCAN_MAX_STATES
+                    else _forward_chunk_length(
+                        delta.shape[0] * delta.shape[1], u.shape[-1]))
+    return num_threads, num_items, chunk_length
+
+
 @_kernel_op('mmssm::selective_scan_fwd')
 def _scan_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                   D: Optional[Tensor], z: Optional[Tensor],
@@ -206,22 +219,23 @@ def _scan_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                   num_dirs: int, height: int, width: int,
                   reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Kernel forward; returns (out, y before the z gate, chunk states)."""
-    if reverse and num_dirs > 1:
-        raise ValueError('reverse is only supported with num_dirs 1 (the '
-                         "cross layout fixes each direction's order), got "
-                         f'num_dirs {num_dirs}')
-    num_threads, num_items = _forward_config(u.shape[-1])
-    # 0 selects the block forward kernel.
-    # The cross layout keeps the block kernel: its column-major directions
-    # read a pixel per row, which the thread kernel's row tiles cannot
-    # coalesce (8.6 ms against 1.4 ms at VMamba-T stage 1, 224², batch 64).
-    chunk_length = (0 if num_dirs > 1 or A.shape[1] > _THREAD_SCAN_MAX_STATES
-                    else _forward_chunk_length(
-                        delta.shape[0] * delta.shape[1], u.shape[-1]))
     out, y_pregate, chunk_states = _extension().selective_scan_forward(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, num_dirs, height,
-        width, reverse, num_threads, num_items, chunk_length)
+        width, reverse, *_scan_forward_launch(u, delta, A, num_dirs, reverse))
     return out, y_pregate, chunk_states
+
+
+def _scan_eager(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                D: Optional[Tensor], z: Optional[Tensor],
+                delta_bias: Optional[Tensor], delta_softplus: bool,
+                num_dirs: int, height: int, width: int,
+                reverse: bool) -> list[Tensor]:
+    """Eager autograd call of the scan, with both passes' launch choices."""
+    return _extension().selective_scan_autograd(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, num_dirs, height,
+        width, reverse, *_scan_forward_launch(u, delta, A, num_dirs, reverse),
+        *_backward_config(u.shape[0] * delta.shape[1], u.shape[-1],
+                          A.shape[1], num_dirs))
 
 
 @_scan_forward.register_fake
@@ -309,7 +323,7 @@ def _scan_autograd_backward(ctx, dout, _dy_pregate, _dchunk_states):
 
 
 _scan_forward.register_autograd(
-    _scan_autograd_backward, _scan_setup_context)
+    _scan_autograd_backward, _scan_setup_context, _scan_eager)
 
 
 def _check_input(tensor: Tensor, name: str, ndim: int, shape_text: str) -> None:
@@ -467,15 +481,15 @@ def cross_selective_scan_cuda(u: Tensor,
         return _dense(out, dtype)
     length = height * width
     out, _, _ = _scan_forward(
-        u.reshape(batch, dim, length).contiguous(),
-        delta.to(dtype).reshape(batch, _CROSS_DIRECTIONS * dim,
-                                length).contiguous(), weights[0],
-        B.to(dtype).reshape(batch, _CROSS_DIRECTIONS, num_states,
-                            length).contiguous(),
-        C.to(dtype).reshape(batch, _CROSS_DIRECTIONS, num_states,
-                            length).contiguous(), weights[1], None,
-        weights[2], delta_softplus, _CROSS_DIRECTIONS, height, width, False)
-    return out.to(dtype).reshape(batch, dim, height, width)
+        _dense(u.reshape(batch, dim, length)),
+        _dense(delta.reshape(batch, _CROSS_DIRECTIONS * dim, length), dtype),
+        weights[0],
+        _dense(B.reshape(batch, _CROSS_DIRECTIONS, num_states, length),
+               dtype),
+        _dense(C.reshape(batch, _CROSS_DIRECTIONS, num_states, length),
+               dtype), weights[1], None, weights[2], delta_softplus,
+        _CROSS_DIRECTIONS, height, width, False)
+    return _dense(out, dtype).reshape(batch, dim, height, width)
 
 
 # VMamba's cross scan runs on the tiled line-scan kernels
@@ -585,7 +599,8 @@ def _cross_autograd_backward(ctx, dout, _dchunk_states, _dline_dt):
 
 
 _cross_forward.register_autograd(
-    _cross_autograd_backward, _cross_setup_context)
+    _cross_autograd_backward, _cross_setup_context,
+    _compiled_autograd('cross_scan_autograd'))
 
 
 # Mamba2D's wavefront scan. A block owns a group of (channel, state) lanes of
@@ -714,7 +729,8 @@ def _wavefront_autograd_backward(ctx, dout, _dboundary):
 
 
 _wavefront_forward.register_autograd(
-    _wavefront_autograd_backward, _wavefront_setup_context)
+    _wavefront_autograd_backward, _wavefront_setup_context,
+    _compiled_autograd('wavefront_scan_autograd'))
 
 
 def wavefront_scan_2d_cuda(x: Tensor,
@@ -882,7 +898,8 @@ def _v2m_autograd_backward(ctx, dout, _dchunk_states):
 
 
 _v2m_forward.register_autograd(
-    _v2m_autograd_backward, _v2m_setup_context)
+    _v2m_autograd_backward, _v2m_setup_context,
+    _compiled_autograd('v2m_corner_scan_autograd'))
 
 
 def v2m_corner_scan_cuda(u: Tensor,
@@ -1000,7 +1017,8 @@ def _conv_autograd_backward(ctx, dout):
 
 
 _conv_forward.register_autograd(
-    _conv_autograd_backward, _conv_setup_context)
+    _conv_autograd_backward, _conv_setup_context,
+    _compiled_autograd('causal_conv1d_autograd'))
 
 
 def causal_conv1d_cuda(x: Tensor,
@@ -1116,7 +1134,8 @@ def _norm_autograd_backward(ctx, dout, _dmean, _drstd):
 
 
 _norm_forward.register_autograd(
-    _norm_autograd_backward, _norm_setup_context)
+    _norm_autograd_backward, _norm_setup_context,
+    _compiled_autograd('norm_autograd'))
 
 
 def _norm_cuda(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
@@ -1143,11 +1162,11 @@ def _norm_cuda(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
             raise ValueError('a channels-first x must be (B, C, *spatial), '
                              f'got shape {tuple(x.shape)}')
         batch, channels, spatial = x.shape[0], x.shape[1], x.shape[2:]
-        flat = x.reshape(batch, channels, -1).contiguous()
+        flat = _dense(x.reshape(batch, channels, -1))
         out_shape = (batch, *spatial, channels)
     else:
         channels = x.shape[-1]
-        flat = x.reshape(-1, channels).contiguous()
+        flat = _dense(x.reshape(-1, channels))
         out_shape = (*x.shape[:-1], channels)
     out, _, _ = _norm_forward(flat, _weight(weight, accum, 'weight'),
                               _weight(bias, accum, 'bias'), float(eps), rms,

@@ -662,9 +662,9 @@ def test_thread_backward_kernel_sanitizer_clean(tool):
 
 
 def test_kernel_op_calls_eagerly_and_registers_the_op():
-    # A _KernelOp runs its function directly in eager mode (through an
-    # autograd.Function with the registered formula), and torch.compile
-    # traces the registered op with its fake implementation.
+    # A _KernelOp runs its eager autograd function in eager mode with
+    # gradients and its function without, and torch.compile traces the
+    # registered op with its fake implementation and formula.
     traced = []
 
     def scale(x: Tensor, factor: float) -> tuple[Tensor, Tensor]:
@@ -678,26 +678,28 @@ def test_kernel_op_calls_eagerly_and_registers_the_op():
         ctx.factor = inputs[1]
         ctx.mark_non_differentiable(output[1])
 
-    unused_grads = []
-
     def backward(ctx, grad, grad_state):
-        unused_grads.append(grad_state)
         return grad * ctx.factor, None
 
-    op.register_autograd(backward, setup_context)
+    eager_calls = []
+
+    def eager(x, factor):
+        eager_calls.append(factor)
+        return x * factor, x.new_zeros(1)
+
+    op.register_autograd(backward, setup_context, eager)
     x = torch.randn(5, requires_grad=True)
     out, _ = op(x, 3.0)
-    assert type(out.grad_fn).__name__ == 'scale_eagerBackward'
+    assert eager_calls == [3.0] and traced == []
     out.sum().backward()
     torch.testing.assert_close(x.grad, torch.full((5, ), 3.0))
-    # The eager path leaves the unused gradient None (no zero fill).
-    assert unused_grads == [None]
     with torch.no_grad():
         assert op(x, 2.0)[0].grad_fn is None
-    assert traced == [Tensor, Tensor]
+    assert traced == [Tensor] and eager_calls == [3.0]
     x.grad = None
     compiled = torch.compile(lambda t: op(t, 4.0)[0], fullgraph=True,
                              backend='aot_eager')
     compiled(x).sum().backward()
     torch.testing.assert_close(x.grad, torch.full((5, ), 4.0))
+    assert eager_calls == [3.0]
     torch.testing.assert_close(torch.ops.mmssm_test.scale(x, 2.0)[0], 2 * x)

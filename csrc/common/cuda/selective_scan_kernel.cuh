@@ -905,7 +905,9 @@ __global__ void __launch_bounds__(kThreadScanChannels,
   const acc_t *dsoftplus_row = dsoftplus_tile + tid * kSeqStride;
   // The state at the start of every tile of the current chunk.
   acc_t tile_starts[kTilesPerChunk][kMaxN];
-  acc_t dD_part = acc_t(0), dbias_part = acc_t(0);
+  // A thread sums a whole sequence: in double, as float sums over
+  // thousands of positions that cancel lose digits.
+  double dD_part = 0.0, dbias_part = 0.0;
 
   for (int chunk = p.num_chunks - 1; chunk >= 0; --chunk) {
     const int chunk_begin = chunk * kChunkStateStride;
@@ -1042,9 +1044,9 @@ __global__ void __launch_bounds__(kThreadScanChannels,
   for (int n = 0; n < dstate; ++n)
     atomicAdd(static_cast<acc_t *>(p.dA) + weight_row + n,
               dA_column[n * kChannels + tid]);
-  if (p.dD) atomicAdd(static_cast<acc_t *>(p.dD) + seq, dD_part);
+  if (p.dD) atomicAdd(static_cast<acc_t *>(p.dD) + seq, acc_t(dD_part));
   if (p.ddelta_bias)
-    atomicAdd(static_cast<acc_t *>(p.ddelta_bias) + seq, dbias_part);
+    atomicAdd(static_cast<acc_t *>(p.ddelta_bias) + seq, acc_t(dbias_part));
 }
 
 // Positions per lane of the warp backward kernel: one chunk per saved state.

@@ -63,6 +63,7 @@ from ..layers.plain import (MultiScaleAdapter, PaddedPatchEmbed,
                             PlainResidualBlock, RMSNorm, drop_path_rates,
                             plain_layer_depth, resize_pos_embed,
                             residual_dtype, tokens_to_map)
+from ..layers.projection import project_channels
 from ..official import SSMClassifier, register_official
 from .base import SSMBackbone
 
@@ -242,9 +243,14 @@ class V2MMixer(nn.Module):
         a_log, skip = (self.A_2_log, self.D_2) if second else (self.A_log,
                                                                self.D)
         num = len(corners)
-        projected = torch.einsum('bkehw,re->bkrhw', u, x_proj.weight)
+        batch, _, _, height, width = u.shape
+        projected = project_channels(x_proj.weight,
+                                     u.flatten(3).flatten(0, 1)).view(
+                                         batch, num, -1, height, width)
         dt, state_matrix = projected.split([self.dt_rank, self.d_state], 2)
-        delta = torch.einsum('bkrhw,er->bkehw', dt, dt_proj.weight)
+        delta = project_channels(dt_proj.weight,
+                                 dt.flatten(3).flatten(0, 1)).view(
+                                     batch, num, -1, height, width)
         A = -torch.exp(a_log.to(torch.promote_types(a_log.dtype,
                                                     torch.float32)))
         ones = torch.ones(num * self.d_inner, self.d_state, dtype=A.dtype,

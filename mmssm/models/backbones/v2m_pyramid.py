@@ -52,6 +52,7 @@ from torch import nn
 from mmssm.ops import v2m_corner_scan
 from mmssm.registry import MODELS
 from ..layers.norm import LayerNorm
+from ..layers.projection import project_channels
 from .vmamba import (VMamba, dt_bias_init, official_key_to_mmssm,
                      resolve_arch)
 
@@ -146,7 +147,7 @@ class V2M2DMixer(nn.Module):
         # W @ x products in the scans' layout: no transposed copies. A map
         # shared by the corners meets every corner's weight at once.
         if x.dim() == 4:
-            x_dbl = torch.matmul(weight.flatten(0, 1), x.flatten(2))
+            x_dbl = project_channels(weight.flatten(0, 1), x.flatten(2))
         else:
             x_dbl = torch.matmul(weight, x.flatten(3))
         x_dbl = x_dbl.view(batch, self.num_corners, -1, height * width)

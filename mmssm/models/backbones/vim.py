@@ -31,6 +31,7 @@ from ..layers.plain import (Grid, MultiScaleAdapter, PaddedPatchEmbed,
                             PlainResidualBlock, RMSNorm, as_pair,
                             drop_path_rates, plain_layer_depth,
                             residual_dtype, resize_pos_embed, tokens_to_map)
+from ..layers.projection import project_channels
 from ..official import SSMClassifier, register_official
 from ...registry import MODELS
 from .base import SSMBackbone
@@ -148,10 +149,11 @@ class BidirectionalMambaMixer(nn.Module):
                           activation='silu')
         # Projections applied as W @ u keep the (B, channels, L) layout the
         # scan reads, so no transposed copy of u or delta is made.
-        projected = torch.matmul(getattr(self, 'x_proj' + suffix).weight, u)
+        projected = project_channels(
+            getattr(self, 'x_proj' + suffix).weight, u)
         dt, state_in, state_out = projected.split(
             [self.dt_rank, self.d_state, self.d_state], dim=1)
-        delta = torch.matmul(dt_proj.weight, dt)
+        delta = project_channels(dt_proj.weight, dt)
         # A is formed in float32 or wider, as the authors do.
         a = -torch.exp(a_log.to(residual_dtype(a_log.dtype)))
         return selective_scan(
@@ -181,7 +183,8 @@ class BidirectionalMambaMixer(nn.Module):
         x, z = x.contiguous(), z.contiguous()
         forward = self._scan(x, z, '', reverse=False)
         backward = self._scan(x, z, '_b', reverse=True)
-        return self.out_proj(((forward + backward) / 2).transpose(1, 2))
+        mixed = project_channels(self.out_proj.weight, (forward + backward) / 2)
+        return mixed.transpose(1, 2)
 
 
 @MODELS.register_module()

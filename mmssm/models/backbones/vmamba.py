@@ -32,6 +32,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from ..layers.drop_path import DropPath
 from ..layers.norm import LayerNorm
+from ..layers.projection import project_channels
 from torch import nn
 
 from mmssm.ops import cross_selective_scan
@@ -233,9 +234,9 @@ class SS2D(nn.Module):
         routes = self.num_routes
         # Per-pixel projections for every route, kept at their pixels, as
         # W @ x products in the scan's layout (no transposed copies).
-        x_dbl = torch.matmul(self.x_proj_weight.flatten(0, 1),
-                             x.flatten(2)).view(batch, routes, -1,
-                                                height * width)
+        x_dbl = project_channels(self.x_proj_weight.flatten(0, 1),
+                                 x.flatten(2)).view(batch, routes, -1,
+                                                    height * width)
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state],
                                dim=2)
         delta = torch.matmul(self.dt_proj_weight, dt).view(

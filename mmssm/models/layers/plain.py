@@ -313,7 +313,9 @@ class PlainResidualBlock(nn.Module):
         # Under autocast the norm stores the mixer's input projection dtype.
         out_dtype = autocast_dtype(residual) or self.norm.weight.dtype
         hidden = self.mixer(self.norm(residual, out_dtype))
-        return residual + self.drop_path(hidden).to(residual.dtype)
+        # Type promotion adds the autocast-dtype branch in the residual's
+        # dtype without a cast op.
+        return residual + self.drop_path(hidden)
 
     def forward(self, residual: torch.Tensor) -> torch.Tensor:
         """Advance the residual stream ``(B, L, embed_dims)`` by one block."""
