@@ -23,8 +23,10 @@ scan, walking each corner's lines by indexing). Around the scans:
 ``mmssm::norm_fwd/bwd`` (LayerNorm / RMSNorm stored in the autocast dtype).
 
 Traced calls (``torch.compile``) go through the registered ops; eager calls
-run the same kernel functions and autograd formulas without torch.library's
-per-call dispatch (:class:`_KernelOp`).
+run the same kernel functions without torch.library's per-call dispatch, and
+with gradients through C++ autograd Functions of the same formulas
+(``csrc/pytorch/autograd.cpp``), so the backward pass runs no Python
+(:class:`_KernelOp`).
 
 Inputs may be float32, float16, bfloat16 (states and sums in float32) or
 float64 (everything in float64).
