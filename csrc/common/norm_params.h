@@ -5,6 +5,12 @@
 
 #include <cstdint>
 
+#if defined(__CUDACC__)
+#define MMSSM_HOST_DEVICE __host__ __device__
+#else
+#define MMSSM_HOST_DEVICE
+#endif
+
 namespace mmssm {
 
 // Layouts (made contiguous by the Python side, mmssm/ops/cuda_ops.py):
@@ -50,6 +56,14 @@ constexpr int kNormThreads = 32 * kNormWarps;
 // Largest number of channels of the channel-last kernels, which keep a row
 // in the registers of one warp (64 per lane).
 constexpr int kNormMaxChannels = 2048;
+// Positions of a channels-first tile (one block of the forward kernel).
+constexpr int kNormTile = 32;
+
+// Tiles of a channels-first launch: kNormTile positions of one batch
+// element each.
+MMSSM_HOST_DEVICE inline int64_t norm_num_tiles(const NormParams &p) {
+  return p.rows / p.positions * ((p.positions + kNormTile - 1) / kNormTile);
+}
 
 // Launches the forward (or backward) kernel for input element type TIn and
 // output element type TOut on the current CUDA stream; instantiated in

@@ -33,28 +33,27 @@ NormParams make_norm_params(const at::Tensor &x,
               dtype);
   TORCH_CHECK(!(rms && bias.has_value()), "norm: RMSNorm takes no bias");
   TORCH_CHECK(eps >= 0, "norm: eps must be non-negative, got ", eps);
-  NormParams params;
   if (channels_first) {
     TORCH_CHECK(x.dim() == 3,
                 "norm: a channels-first x must be (B, C, positions), got "
                 "shape ",
                 x.sizes());
-    params.channels = static_cast<int>(x.size(1));
-    params.positions = x.size(2);
-    params.rows = x.size(0) * x.size(2);
   } else {
     TORCH_CHECK(x.dim() == 2, "norm: a channel-last x must be (rows, C), "
                 "got shape ", x.sizes());
-    params.channels = static_cast<int>(x.size(1));
-    params.rows = x.size(0);
     TORCH_CHECK(x.size(1) <= kNormMaxChannels, "norm: channel-last rows "
                 "take at most ", kNormMaxChannels, " channels, got ",
                 x.size(1));
   }
-  TORCH_CHECK(x.numel() > 0, "norm: x must be non-empty, got shape ",
-              x.sizes());
+  // Checked before the channel count is narrowed to int.
   TORCH_CHECK(x.size(1) <= (1 << 30), "norm: too many channels (", x.size(1),
               ")");
+  NormParams params;
+  params.channels = static_cast<int>(x.size(1));
+  params.positions = channels_first ? x.size(2) : 0;
+  params.rows = channels_first ? x.size(0) * x.size(2) : x.size(0);
+  TORCH_CHECK(x.numel() > 0, "norm: x must be non-empty, got shape ",
+              x.sizes());
   const auto acc = accum_type(dtype);
   check_op_tensor(kOpName, x, "x", x, dtype, x.sizes());
   if (weight.has_value())
@@ -160,8 +159,7 @@ std::vector<at::Tensor> norm_backward(const at::Tensor &dout,
   // Enough blocks to fill the GPU (8 of 256 threads per SM), no more: each
   // adds its sums of the weight and bias gradients with atomics.
   const int64_t units = channels_first
-                            ? params.rows / params.positions *
-                                  ((params.positions + 31) / 32)
+                            ? norm_num_tiles(params)
                             : (params.rows + kNormWarps - 1) / kNormWarps;
   const int64_t sms =
       at::cuda::getCurrentDeviceProperties()->multiProcessorCount;

@@ -318,7 +318,8 @@ def _scan_autograd_backward(ctx, dout, _dy_pregate, _dchunk_states):
         _dense(dout, u.dtype), y_pregate if z is not None else None,
         chunk_states, ctx.delta_softplus, ctx.num_dirs, ctx.height, ctx.width,
         ctx.reverse)
-    return (_dense(du, u.dtype), ddelta, dA, _dense(dB, B.dtype), _dense(dC, C.dtype),
+    return (_dense(du, u.dtype), ddelta, dA, _dense(dB, B.dtype),
+            _dense(dC, C.dtype),
             dD if D is not None else None, dz if z is not None else None,
             ddelta_bias if delta_bias is not None else None, None, None, None,
             None, None)
@@ -328,7 +329,8 @@ _scan_forward.register_autograd(
     _scan_autograd_backward, _scan_setup_context, _scan_eager)
 
 
-def _check_input(tensor: Tensor, name: str, ndim: int, shape_text: str) -> None:
+def _check_input(tensor: Tensor, name: str, ndim: int,
+                 shape_text: str) -> None:
     if not isinstance(tensor, Tensor) or not tensor.is_cuda:
         raise ValueError(f'{name} must be a CUDA tensor for the compiled '
                          f'scan ops, got {type(tensor).__name__} on '
@@ -595,7 +597,8 @@ def _cross_autograd_backward(ctx, dout, _dchunk_states, _dline_dt):
         u, delta, A, B, C, D, delta_bias,
         _dense(dout, u.dtype), chunk_states, line_dt,
         ctx.delta_softplus)
-    return (_dense(du, u.dtype), ddelta, dA, _dense(dB, B.dtype), _dense(dC, C.dtype),
+    return (_dense(du, u.dtype), ddelta, dA, _dense(dB, B.dtype),
+            _dense(dC, C.dtype),
             dD if D is not None else None,
             ddelta_bias if delta_bias is not None else None, None)
 
@@ -893,7 +896,8 @@ def _v2m_autograd_backward(ctx, dout, _dchunk_states):
         u, delta, A, B, C, D, z, delta_bias,
         _dense(dout, u.dtype), chunk_states, ctx.delta_softplus,
         ctx.axis_col, ctx.backwards_mask)
-    return (_dense(du, u.dtype), ddelta, dA, _dense(dB, B.dtype), _dense(dC, C.dtype),
+    return (_dense(du, u.dtype), ddelta, dA, _dense(dB, B.dtype),
+            _dense(dC, C.dtype),
             dD if D is not None else None,
             _dense(dz, z.dtype) if z is not None else None,
             ddelta_bias if delta_bias is not None else None, None, None, None)

@@ -32,8 +32,6 @@
 
 namespace mmssm {
 
-constexpr int kNormTile = 32;  // positions of a channels-first block
-
 __device__ __forceinline__ float norm_rsqrt(float x) { return rsqrtf(x); }
 __device__ __forceinline__ double norm_rsqrt(double x) {
   return 1.0 / sqrt(x);
@@ -208,11 +206,6 @@ __device__ __forceinline__ NormTile norm_tile(const NormParams &p,
                                               int64_t index) {
   const int64_t tiles_per_batch = (p.positions + kNormTile - 1) / kNormTile;
   return {index / tiles_per_batch, (index % tiles_per_batch) * kNormTile};
-}
-
-__device__ __forceinline__ int64_t norm_num_tiles(const NormParams &p) {
-  const int64_t batch = p.rows / p.positions;
-  return batch * ((p.positions + kNormTile - 1) / kNormTile);
 }
 
 // Stages the channel-last (rows, channels) gradient of tile rows [first,
@@ -395,10 +388,9 @@ void norm_launch(const NormParams &params, bool backward) {
           <<<params.grid, kNormThreads, 2 * params.channels * sizeof(acc_t),
              stream>>>(params);
     } else {
-      const int64_t tiles = params.rows / params.positions *
-                            ((params.positions + kNormTile - 1) / kNormTile);
       norm_channels_first_forward_kernel<TIn, TOut>
-          <<<static_cast<unsigned>(std::min<int64_t>(tiles, 1 << 30)),
+          <<<static_cast<unsigned>(
+                 std::min<int64_t>(norm_num_tiles(params), 1 << 30)),
              kNormThreads, 0, stream>>>(params);
     }
   } else if (params.channels <= 4 * 32) {
@@ -408,9 +400,7 @@ void norm_launch(const NormParams &params, bool backward) {
   } else if (params.channels <= 32 * 32) {
     launch_norm_rows<32, TIn, TOut>(params, backward, stream);
   } else {
-    TORCH_CHECK(params.channels <= kNormMaxChannels,
-                "norm: the channel-last kernels take at most ",
-                kNormMaxChannels, " channels, got ", params.channels);
+    // make_norm_params (csrc/pytorch/norm.cpp) checked the channel limit.
     launch_norm_rows<kNormMaxChannels / 32, TIn, TOut>(params, backward,
                                                        stream);
   }

@@ -183,7 +183,8 @@ class BidirectionalMambaMixer(nn.Module):
         x, z = x.contiguous(), z.contiguous()
         forward = self._scan(x, z, '', reverse=False)
         backward = self._scan(x, z, '_b', reverse=True)
-        mixed = project_channels(self.out_proj.weight, (forward + backward) / 2)
+        mixed = project_channels(self.out_proj.weight,
+                                 (forward + backward) / 2)
         return mixed.transpose(1, 2)
 
 
