@@ -1,4 +1,5 @@
-"""torch.compile traces every backbone, with its compiled scan op, in one graph.
+"""Backbones on CUDA: torch.compile traces every backbone, with its compiled
+scan op, in one graph, and activation checkpointing keeps the gradients.
 
 Each family's backbone (and so the block using its scan operator: VMamba's
 ``cross_selective_scan``, Vim's ``selective_scan``, V2M's and V2M-S*'s
@@ -46,3 +47,24 @@ def test_backbone_compiles_without_graph_breaks(name):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(compiled_image.grad, eager_image.grad,
                                rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('name', sorted(SMALL_ARCHS))
+def test_activation_checkpointing_keeps_the_gradients(name):
+    # with_cp recomputes every block in the backward pass (non-reentrant
+    # checkpointing) around the ops' C++ autograd Functions.
+    torch.manual_seed(0)
+    kwargs = dict(type=name, drop_path_rate=0.0, **SMALL_ARCHS[name])
+    plain = MODELS.build(kwargs).cuda().train()
+    checkpointed = MODELS.build(dict(kwargs, with_cp=True)).cuda().train()
+    checkpointed.load_state_dict(plain.state_dict())
+    image = torch.randn(2, 3, 64, 96, device='cuda')
+    for model in (plain, checkpointed):
+        sum(out.square().mean() for out in model(image)).backward()
+    for (key, want), got in zip(plain.named_parameters(),
+                                checkpointed.parameters()):
+        assert (got.grad is None) == (want.grad is None), key
+        if want.grad is not None:
+            torch.testing.assert_close(got.grad, want.grad, rtol=1e-4,
+                                       atol=1e-6, msg=key)
