@@ -1,20 +1,11 @@
 """Tests of tools/benchmark.py on the CPU."""
-import importlib.util
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-TOOL = Path(__file__).resolve().parents[2] / 'tools' / 'benchmark.py'
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location('benchmark', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tool_runs import load_tool
 
 
 class _SleepyNet(nn.Module):
@@ -31,7 +22,7 @@ class _SleepyNet(nn.Module):
 
 
 def test_measure_times_the_step():
-    tool = _load_tool()
+    tool = load_tool('benchmark')
     result = tool.measure(_SleepyNet(0.02), (torch.randn(2, 4), ), 'infer',
                           'fp32', warmup=1, repeats=3)
     assert 0.02 <= result['seconds'] < 0.5
@@ -39,7 +30,7 @@ def test_measure_times_the_step():
 
 
 def test_train_mode_steps_the_optimizer():
-    tool = _load_tool()
+    tool = load_tool('benchmark')
     model = _SleepyNet(0.0)
     before = model.linear.weight.detach().clone()
     tool.measure(model, (torch.randn(2, 4), ), 'train', 'bf16', warmup=0,
@@ -62,7 +53,7 @@ def test_measure_rejects_bad_arguments(kwargs, match):
     arguments = dict(mode='infer', precision='fp32', warmup=0, repeats=1)
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=match):
-        _load_tool().measure(_SleepyNet(0.0), (torch.randn(1, 4), ),
+        load_tool('benchmark').measure(_SleepyNet(0.0), (torch.randn(1, 4), ),
                              **arguments)
 
 
@@ -81,7 +72,7 @@ def test_main_prints_and_appends(tmp_path, capsys):
         '--device', 'cpu', '--append-to',
         str(report)
     ]
-    table = _load_tool().main(argv)
+    table = load_tool('benchmark').main(argv)
     assert table in capsys.readouterr().out
     rows = [line for line in table.splitlines()[2:]]
     assert len(rows) == 4
@@ -101,11 +92,11 @@ def test_main_prints_and_appends(tmp_path, capsys):
 
 
 def test_profile_table_names_the_model_operators():
-    table = _load_tool().profile_table(_SleepyNet(0.0), (torch.randn(2, 4), ),
+    table = load_tool('benchmark').profile_table(_SleepyNet(0.0), (torch.randn(2, 4), ),
                                        'train', 'fp32', top=50)
     assert 'aten::linear' in table or 'aten::addmm' in table
     with pytest.raises(ValueError, match='top must be >= 1'):
-        _load_tool().profile_table(_SleepyNet(0.0), (torch.randn(2, 4), ),
+        load_tool('benchmark').profile_table(_SleepyNet(0.0), (torch.randn(2, 4), ),
                                    'infer', 'fp32', top=0)
 
 
@@ -113,7 +104,7 @@ def test_compile_flag_times_the_compiled_model(monkeypatch):
     # Inductor takes over a minute on 2 CPU cores; the compiled backbones are
     # tested on the GPU (tests/models/test_compile_cuda.py). Here: the flag
     # reaches torch.compile and the table says so.
-    tool = _load_tool()
+    tool = load_tool('benchmark')
     compiled = []
 
     def record(module):

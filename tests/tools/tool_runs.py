@@ -4,12 +4,14 @@ The tests run the real ``tools/train.py`` / ``tools/test.py`` as
 subprocesses on the shapes datasets of ``tools/data/`` with the tiny configs
 in ``tests/tools/configs/`` and a tiny backbone of each mmssm family.
 """
+import importlib.util
 import json
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Optional
 
 import pytest
@@ -46,6 +48,15 @@ TINY_BACKBONES = {
         img_size=64,
         out_indices=(0, 1, 2, 3)), True),
 }
+
+
+def load_tool(name: str) -> ModuleType:
+    """Imports ``tools/<name>.py`` as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        name, REPO_ROOT / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def registered_family(name: str) -> bool:
