@@ -1,5 +1,5 @@
 """Tests of mmssm's scan-op FLOP handles and tools/analysis/get_flops.py."""
-import importlib.util
+import importlib
 from pathlib import Path
 
 import pytest
@@ -15,16 +15,9 @@ from mmssm.ops.selective_scan import selective_scan
 from mmssm.ops.v2m_scan import v2m_corner_scan
 from mmssm.ops.wavefront_scan import wavefront_scan_2d
 from mmssm.registry import MODELS
+from tool_runs import load_tool
 
-TOOL = Path(__file__).resolve().parents[2] / 'tools' / 'analysis' / \
-    'get_flops.py'
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location('get_flops', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+TOOL = 'analysis/get_flops'
 
 
 class _OpModel(nn.Module):
@@ -197,7 +190,7 @@ def test_parse_model_spec():
 
 def test_tool_rejects_unknown_backbone():
     with pytest.raises(KeyError, match='not a registered mmssm backbone'):
-        _load_tool().get_flops('NoSuchNet:tiny', max_depth=0)
+        load_tool(TOOL).get_flops('NoSuchNet:tiny', max_depth=0)
 
 
 TINY_VMAMBA = dict(
@@ -226,7 +219,7 @@ def _write_classifier_config(tmp_path: Path) -> str:
 
 def test_tool_main_on_config(tmp_path, capsys):
     config = _write_classifier_config(tmp_path)
-    tool = _load_tool()
+    tool = load_tool(TOOL)
     scope = DefaultScope.get_current_instance()
     result = tool.main([config, '--shape', '64', '--max-depth', '1'])
     # The config's scope is not left behind.
@@ -251,7 +244,7 @@ def _require(type_name: str) -> None:
 
 def _gflops(spec: str, backbone_kwargs: dict = None) -> float:
     _require(spec.split(':')[0])
-    result = _load_tool().get_flops(
+    result = load_tool(TOOL).get_flops(
         spec, max_depth=0, backbone_kwargs=backbone_kwargs)
     return result['flops'] / 1e9
 

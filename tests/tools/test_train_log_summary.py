@@ -1,17 +1,10 @@
 """Tests of tools/analysis/train_log_summary.py."""
-import importlib.util
 import json
 from pathlib import Path
 
-TOOL = (Path(__file__).resolve().parents[2] / 'tools' / 'analysis' /
-        'train_log_summary.py')
+from tool_runs import load_tool
 
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location('train_log_summary', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+TOOL = 'analysis/train_log_summary'
 
 
 def _write_run(work_dir: Path, records: list) -> None:
@@ -28,8 +21,8 @@ def test_row_leaves_warm_up_out_of_time_and_memory(tmp_path, capsys):
         dict(iter=20, loss=1.5, time=0.4, memory=4050),
         dict(mIoU=0.1, step=20),
     ])
-    assert _load_tool().main([str(tmp_path), '--skip', '1', '--name',
-                              'run']) == 0
+    assert load_tool(TOOL).main([str(tmp_path), '--skip', '1', '--name',
+                                 'run']) == 0
     row = capsys.readouterr().out.strip()
     assert row == '| run | 20 | 0.400 | 4100 | 4.000 | 1.500 | yes |'
 
@@ -39,5 +32,5 @@ def test_non_finite_loss_fails(tmp_path, capsys):
         dict(iter=5, loss=4.0, time=1.0, memory=10),
         dict(iter=10, loss=float('nan'), time=1.0, memory=10),
     ])
-    assert _load_tool().main([str(tmp_path), '--skip', '0']) == 1
+    assert load_tool(TOOL).main([str(tmp_path), '--skip', '0']) == 1
     assert capsys.readouterr().out.rstrip().endswith('| NO |')

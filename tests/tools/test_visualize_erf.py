@@ -1,7 +1,5 @@
 """Tests of tools/analysis/visualize_erf.py on the CPU."""
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,9 +7,9 @@ import torch
 from torch import nn
 
 from mmssm.models.utils.flops import build_analysis_model
+from tool_runs import load_tool
 
-TOOL = Path(__file__).resolve().parents[2] / 'tools' / 'analysis' / \
-    'visualize_erf.py'
+TOOL = 'analysis/visualize_erf'
 
 # A 2-block Vim: no convolution mixes tokens, only the bidirectional scan.
 TINY_VIM = dict(
@@ -21,13 +19,6 @@ TINY_VIM = dict(
     stride=8,
     out_indices=[-1],
     pyramid_strides=None)
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location('visualize_erf', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class _LocalConv(nn.Module):
@@ -44,7 +35,7 @@ class _LocalConv(nn.Module):
 
 
 def test_erf_of_a_local_conv_is_its_window():
-    tool = _load_tool()
+    tool = load_tool(TOOL)
     erf = tool.compute_erf(_LocalConv(),
                            tool.random_images(3, 2, (9, 11), seed=1))
     assert erf.shape == (9, 11)
@@ -56,7 +47,7 @@ def test_erf_of_a_local_conv_is_its_window():
 
 
 def test_area_ratio():
-    tool = _load_tool()
+    tool = load_tool(TOOL)
     point = np.zeros((9, 9))
     point[4, 4] = 1.0
     assert tool.high_contribution_area_ratio(point, 0.99) == 1 / 81
@@ -71,7 +62,7 @@ def test_area_ratio():
 
 def test_main_random_init_scan_only_model_is_global(tmp_path):
     out = tmp_path / 'maps' / 'erf.png'
-    result = _load_tool().main([
+    result = load_tool(TOOL).main([
         'Vim', '--backbone-kwargs',
         json.dumps(TINY_VIM), '--shape', '48', '--num-images', '3',
         '--batch-size', '2', '--out',
@@ -92,7 +83,7 @@ def test_main_random_init_scan_only_model_is_global(tmp_path):
 
 def test_main_loads_checkpoint_and_real_images(tmp_path):
     import mmcv
-    tool = _load_tool()
+    tool = load_tool(TOOL)
     backbone = build_analysis_model(
         'Vim', num_classes=None, backbone_kwargs=TINY_VIM)
     with torch.no_grad():

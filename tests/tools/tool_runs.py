@@ -51,9 +51,14 @@ TINY_BACKBONES = {
 
 
 def load_tool(name: str) -> ModuleType:
-    """Imports ``tools/<name>.py`` as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        name, REPO_ROOT / 'tools' / f'{name}.py')
+    """Imports ``tools/<name>.py`` as a module (tools/ is not a package).
+
+    Args:
+        name: The tool's path under tools/ without ``.py``, e.g.
+            ``'benchmark'`` or ``'analysis/get_flops'``.
+    """
+    path = REPO_ROOT / 'tools' / f'{name}.py'
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
