@@ -137,7 +137,8 @@ def v2m_pass_case(name: str, batch: int, dim: int, height: int, width: int,
                   dstate: int, axis: str, dtype: torch.dtype) -> Case:
     """One pass of a V2M mixer from the four corners, as the mixer calls it:
     the row pass reads a shared u with per-pixel B and constant C, the
-    column pass per-corner u with constant B, per-pixel C and D."""
+    column pass per-corner u with constant B, per-pixel C and D, and merges
+    the corners into one float32 map."""
     corners = 4
     row = axis == 'row'
 
@@ -168,10 +169,15 @@ def v2m_pass_case(name: str, batch: int, dim: int, height: int, width: int,
 
     pixels = batch * height * width
     u_elements = pixels * dim * (1 if row else corners)
-    traffic = (u_elements + 2 * pixels * corners * dim +
+    # Inputs u, delta and the per-pixel matrix; the row pass writes every
+    # corner's output, the column pass their float32 sum.
+    traffic = (u_elements + pixels * corners * dim +
                pixels * corners * dstate) * element_bytes(dtype)
+    traffic += (pixels * corners * dim * element_bytes(dtype) if row else
+                pixels * dim * element_bytes(torch.float32))
     return Case('v2m_corner_scan', name, make_inputs,
-                dict(delta_softplus=True, axis=axis), traffic)
+                dict(delta_softplus=True, axis=axis, merge_corners=not row),
+                traffic)
 
 
 def causal_conv1d_case(name: str, batch: int, channels: int, length: int,

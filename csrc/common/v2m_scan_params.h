@@ -16,7 +16,9 @@ namespace mmssm {
 
 // Layouts (spatial, as mmssm.ops.v2m_corner_scan):
 //   u, z: (batch, K, dim, H, W), or (batch, dim, H, W) shared by the corners
-//   delta, out, dout: (batch, K, dim, H, W)
+//   delta, out, dout: (batch, K, dim, H, W); with merge_corners out and
+//     dout are (batch, dim, H, W), the sum over the corners, in the
+//     accumulation type
 //   B, C: (batch, K, dstate, H, W) per pixel, or (K * dim, dstate) constant
 //   A: (K * dim, dstate); D, delta_bias: (K * dim)
 //
@@ -52,6 +54,9 @@ struct V2MScanParams {
   bool var_B = true;
   bool var_C = true;
   bool delta_softplus = false;
+  // The corners add their outputs into one zeroed map (atomic adds), and
+  // all read the gradient of that sum.
+  bool merge_corners = false;
 
   const void *u = nullptr;
   const void *delta = nullptr;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "grad_buffers.h"
+#include "op_checks.h"
 #include "ops.h"
 
 namespace mmssm {
@@ -219,11 +220,11 @@ struct V2MCornerScanFunction
       const c10::optional<at::Tensor> &D,
       const c10::optional<at::Tensor> &z,
       const c10::optional<at::Tensor> &delta_bias, bool delta_softplus,
-      bool axis_col, int64_t backwards_mask) {
+      bool axis_col, int64_t backwards_mask, bool merge_corners) {
     const SharedBuffersScope shared_buffers;
-    auto outputs = v2m_corner_scan_forward(u, delta, A, B, C, D, z,
-                                           delta_bias, delta_softplus,
-                                           axis_col, backwards_mask);
+    auto outputs = v2m_corner_scan_forward(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, axis_col,
+        backwards_mask, merge_corners);
     // outputs: (out, chunk states).
     save(ctx,
          {u, delta, A, B, C, saved_slot(D), saved_slot(z),
@@ -233,22 +234,27 @@ struct V2MCornerScanFunction
     data["delta_softplus"] = delta_softplus;
     data["axis_col"] = axis_col;
     data["backwards_mask"] = backwards_mask;
+    data["merge_corners"] = merge_corners;
     return outputs;
   }
 
   static variable_list backward(AutogradContext *ctx, variable_list grads) {
     const SharedBuffersScope shared_buffers;
-    variable_list result(11);
+    variable_list result(12);
     if (!grads[0].defined()) return result;
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &u = saved[0], &B = saved[3], &C = saved[4];
     const at::Tensor &D = saved[5], &z = saved[6], &delta_bias = saved[7];
     const auto &data = ctx->saved_data;
+    const bool merge_corners = data.at("merge_corners").toBool();
+    // A merged output is in the accumulation type, and so is its gradient.
+    const auto out_type =
+        merge_corners ? accum_type(u.scalar_type()) : u.scalar_type();
     auto g = v2m_corner_scan_backward(
         u, saved[1], saved[2], B, C, optional_input(D), optional_input(z),
-        optional_input(delta_bias), dense(grads[0], u.scalar_type()),
-        saved[8], data.at("delta_softplus").toBool(),
-        data.at("axis_col").toBool(), data.at("backwards_mask").toInt());
+        optional_input(delta_bias), dense(grads[0], out_type), saved[8],
+        data.at("delta_softplus").toBool(), data.at("axis_col").toBool(),
+        data.at("backwards_mask").toInt(), merge_corners);
     result[0] = dense(g[0], u.scalar_type());
     result[1] = g[1];
     result[2] = g[2];
@@ -369,10 +375,10 @@ std::vector<at::Tensor> v2m_corner_scan_autograd(
     const at::Tensor &B, const at::Tensor &C,
     const c10::optional<at::Tensor> &D, const c10::optional<at::Tensor> &z,
     const c10::optional<at::Tensor> &delta_bias, bool delta_softplus,
-    bool axis_col, int64_t backwards_mask) {
+    bool axis_col, int64_t backwards_mask, bool merge_corners) {
   return V2MCornerScanFunction::apply(u, delta, A, B, C, D, z, delta_bias,
                                       delta_softplus, axis_col,
-                                      backwards_mask);
+                                      backwards_mask, merge_corners);
 }
 
 at::Tensor causal_conv1d_autograd(const at::Tensor &x,

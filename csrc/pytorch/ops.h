@@ -68,7 +68,7 @@ std::vector<at::Tensor> v2m_corner_scan_forward(
     const at::Tensor &B, const at::Tensor &C,
     const c10::optional<at::Tensor> &D, const c10::optional<at::Tensor> &z,
     const c10::optional<at::Tensor> &delta_bias, bool delta_softplus,
-    bool axis_col, int64_t backwards_mask);
+    bool axis_col, int64_t backwards_mask, bool merge_corners);
 
 std::vector<at::Tensor> v2m_corner_scan_backward(
     const at::Tensor &u, const at::Tensor &delta, const at::Tensor &A,
@@ -76,7 +76,7 @@ std::vector<at::Tensor> v2m_corner_scan_backward(
     const c10::optional<at::Tensor> &D, const c10::optional<at::Tensor> &z,
     const c10::optional<at::Tensor> &delta_bias, const at::Tensor &dout,
     const at::Tensor &chunk_states, bool delta_softplus, bool axis_col,
-    int64_t backwards_mask);
+    int64_t backwards_mask, bool merge_corners);
 
 at::Tensor causal_conv1d_forward(const at::Tensor &x, const at::Tensor &weight,
                                  const c10::optional<at::Tensor> &bias,
@@ -136,7 +136,7 @@ std::vector<at::Tensor> v2m_corner_scan_autograd(
     const at::Tensor &B, const at::Tensor &C,
     const c10::optional<at::Tensor> &D, const c10::optional<at::Tensor> &z,
     const c10::optional<at::Tensor> &delta_bias, bool delta_softplus,
-    bool axis_col, int64_t backwards_mask);
+    bool axis_col, int64_t backwards_mask, bool merge_corners);
 
 at::Tensor causal_conv1d_autograd(const at::Tensor &x,
                                   const at::Tensor &weight,

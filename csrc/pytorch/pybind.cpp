@@ -53,14 +53,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"),
         py::arg("D"), py::arg("z"), py::arg("delta_bias"),
         py::arg("delta_softplus"), py::arg("axis_col"),
-        py::arg("backwards_mask"));
+        py::arg("backwards_mask"), py::arg("merge_corners"));
   m.def("v2m_corner_scan_backward", &mmssm::v2m_corner_scan_backward,
         "V2M corner scan backward: returns (du, ddelta, dA, dB, dC, dD, dz, "
         "ddelta_bias)",
         py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"),
         py::arg("C"), py::arg("D"), py::arg("z"), py::arg("delta_bias"),
         py::arg("dout"), py::arg("chunk_states"), py::arg("delta_softplus"),
-        py::arg("axis_col"), py::arg("backwards_mask"));
+        py::arg("axis_col"), py::arg("backwards_mask"),
+        py::arg("merge_corners"));
   m.def("causal_conv1d_forward", &mmssm::causal_conv1d_forward,
         "Causal depthwise conv1d (+ SiLU) forward: returns out", py::arg("x"),
         py::arg("weight"), py::arg("bias"), py::arg("reverse"),
@@ -110,7 +111,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"),
         py::arg("C"), py::arg("D"), py::arg("z"), py::arg("delta_bias"),
         py::arg("delta_softplus"), py::arg("axis_col"),
-        py::arg("backwards_mask"));
+        py::arg("backwards_mask"), py::arg("merge_corners"));
   m.def("causal_conv1d_autograd", &mmssm::causal_conv1d_autograd,
         "Causal depthwise conv1d (+ SiLU) as an autograd Function: returns "
         "out",

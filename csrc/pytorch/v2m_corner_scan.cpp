@@ -24,7 +24,7 @@ V2MScanParams make_v2m_params(const at::Tensor &u, const at::Tensor &delta,
                               const c10::optional<at::Tensor> &z,
                               const c10::optional<at::Tensor> &delta_bias,
                               bool delta_softplus, bool axis_col,
-                              int64_t backwards_mask) {
+                              int64_t backwards_mask, bool merge_corners) {
   TORCH_CHECK(u.is_cuda(), "v2m corner scan: u must be a CUDA tensor, got ",
               u.device());
   const auto dtype = u.scalar_type();
@@ -98,6 +98,7 @@ V2MScanParams make_v2m_params(const at::Tensor &u, const at::Tensor &delta,
   params.axis_col = axis_col;
   params.backwards_mask = backwards_mask;
   params.delta_softplus = delta_softplus;
+  params.merge_corners = merge_corners;
   params.u = u.data_ptr();
   params.delta = delta.data_ptr();
   params.A = A.data_ptr();
@@ -108,6 +109,14 @@ V2MScanParams make_v2m_params(const at::Tensor &u, const at::Tensor &delta,
   params.delta_bias = delta_bias.has_value() ? delta_bias->data_ptr()
                                              : nullptr;
   return params;
+}
+
+// (batch, K, dim, H, W), or (batch, dim, H, W) where the corners merge.
+std::vector<int64_t> out_shape(const V2MScanParams &params) {
+  if (params.merge_corners)
+    return {params.batch, params.dim, params.height, params.width};
+  return {params.batch, params.corners, params.dim, params.height,
+          params.width};
 }
 
 std::vector<int64_t> chunk_states_shape(const V2MScanParams &params) {
@@ -143,15 +152,17 @@ std::vector<at::Tensor> v2m_corner_scan_forward(
     const at::Tensor &B, const at::Tensor &C,
     const c10::optional<at::Tensor> &D, const c10::optional<at::Tensor> &z,
     const c10::optional<at::Tensor> &delta_bias, bool delta_softplus,
-    bool axis_col, int64_t backwards_mask) {
+    bool axis_col, int64_t backwards_mask, bool merge_corners) {
   V2MScanParams params =
       make_v2m_params(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                      axis_col, backwards_mask);
+                      axis_col, backwards_mask, merge_corners);
   const c10::cuda::CUDAGuard device_guard(u.device());
-  at::Tensor out = at::empty_like(delta);
+  const auto acc_options = u.options().dtype(accum_type(u.scalar_type()));
+  // The corners add into a merged map.
+  at::Tensor out = merge_corners ? at::zeros(out_shape(params), acc_options)
+                                 : at::empty_like(delta);
   at::Tensor chunk_states =
-      at::empty(chunk_states_shape(params),
-                u.options().dtype(accum_type(u.scalar_type())));
+      at::empty(chunk_states_shape(params), acc_options);
   params.out = out.data_ptr();
   params.chunk_states = chunk_states.data_ptr();
   launch_v2m(params, u.scalar_type(), false);
@@ -164,15 +175,16 @@ std::vector<at::Tensor> v2m_corner_scan_backward(
     const c10::optional<at::Tensor> &D, const c10::optional<at::Tensor> &z,
     const c10::optional<at::Tensor> &delta_bias, const at::Tensor &dout,
     const at::Tensor &chunk_states, bool delta_softplus, bool axis_col,
-    int64_t backwards_mask) {
+    int64_t backwards_mask, bool merge_corners) {
   V2MScanParams params =
       make_v2m_params(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                      axis_col, backwards_mask);
+                      axis_col, backwards_mask, merge_corners);
   const c10::cuda::CUDAGuard device_guard(u.device());
   const auto dtype = u.scalar_type();
   const auto acc = accum_type(dtype);
   const auto acc_options = u.options().dtype(acc);
-  check_op_tensor(kOpName, dout, "dout", u, dtype, delta.sizes());
+  check_op_tensor(kOpName, dout, "dout", u, merge_corners ? acc : dtype,
+                  out_shape(params));
   check_op_tensor(kOpName, chunk_states, "chunk_states", u, acc,
                   chunk_states_shape(params));
   // Shared u and z collect the gradients of all corners.

@@ -823,24 +823,32 @@ def _backwards_mask(corners: tuple[str, ...], axis: str) -> int:
 def _v2m_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                  D: Optional[Tensor], z: Optional[Tensor],
                  delta_bias: Optional[Tensor], delta_softplus: bool,
-                 axis_col: bool,
-                 backwards_mask: int) -> tuple[Tensor, Tensor]:
-    """Kernel forward; returns (out, chunk states)."""
+                 axis_col: bool, backwards_mask: int,
+                 merge_corners: bool) -> tuple[Tensor, Tensor]:
+    """Kernel forward; returns (out, chunk states).
+
+    out is (batch, K, D, H, W) in u's dtype, or with merge_corners the sum
+    over the corners, (batch, D, H, W) in the accumulation dtype.
+    """
     out, chunk_states = _extension().v2m_corner_scan_forward(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, axis_col,
-        backwards_mask)
+        backwards_mask, merge_corners)
     return out, chunk_states
 
 
 @_v2m_forward.register_fake
 def _v2m_forward_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                      axis_col, backwards_mask):
+                      axis_col, backwards_mask, merge_corners):
     batch, corners, dim, height, width = delta.shape
     lines, length = (width, height) if axis_col else (height, width)
     num_chunks = -(-length // _V2M_CHUNK)
+    accum = _accum_dtype(u.dtype)
     chunk_states = u.new_empty(
         (batch, corners, num_chunks - 1, A.shape[1], dim, lines),
-        dtype=_accum_dtype(u.dtype))
+        dtype=accum)
+    if merge_corners:
+        return delta.new_empty((batch, dim, height, width),
+                               dtype=accum), chunk_states
     return torch.empty_like(delta), chunk_states
 
 
@@ -849,21 +857,21 @@ def _v2m_backward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                   D: Optional[Tensor], z: Optional[Tensor],
                   delta_bias: Optional[Tensor], dout: Tensor,
                   chunk_states: Tensor, delta_softplus: bool, axis_col: bool,
-                  backwards_mask: int) -> list[Tensor]:
+                  backwards_mask: int, merge_corners: bool) -> list[Tensor]:
     """Kernel backward; returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias).
 
-    du, dz, dB and dC come in the accumulation dtype; absent optional inputs
-    get empty gradients.
+    dout is shaped and typed like the forward's out. du, dz, dB and dC come
+    in the accumulation dtype; absent optional inputs get empty gradients.
     """
     return list(_extension().v2m_corner_scan_backward(
         u, delta, A, B, C, D, z, delta_bias, dout, chunk_states,
-        delta_softplus, axis_col, backwards_mask))
+        delta_softplus, axis_col, backwards_mask, merge_corners))
 
 
 @_v2m_backward.register_fake
 def _v2m_backward_fake(u, delta, A, B, C, D, z, delta_bias, dout,
                        chunk_states, delta_softplus, axis_col,
-                       backwards_mask):
+                       backwards_mask, merge_corners):
     accum = _accum_dtype(u.dtype)
     empty = u.new_empty(0, dtype=accum)
     return [
@@ -881,26 +889,29 @@ def _v2m_backward_fake(u, delta, A, B, C, D, z, delta_bias, dout,
 
 def _v2m_setup_context(ctx, inputs, output) -> None:
     (u, delta, A, B, C, D, z, delta_bias, delta_softplus, axis_col,
-     backwards_mask) = inputs
+     backwards_mask, merge_corners) = inputs
     _, chunk_states = output
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, chunk_states)
     ctx.delta_softplus = delta_softplus
     ctx.axis_col = axis_col
     ctx.backwards_mask = backwards_mask
+    ctx.merge_corners = merge_corners
     ctx.mark_non_differentiable(chunk_states)
 
 
 def _v2m_autograd_backward(ctx, dout, _dchunk_states):
     u, delta, A, B, C, D, z, delta_bias, chunk_states = ctx.saved_tensors
+    out_dtype = _accum_dtype(u.dtype) if ctx.merge_corners else u.dtype
     du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = _v2m_backward(
-        u, delta, A, B, C, D, z, delta_bias,
-        _dense(dout, u.dtype), chunk_states, ctx.delta_softplus,
-        ctx.axis_col, ctx.backwards_mask)
+        u, delta, A, B, C, D, z, delta_bias, _dense(dout, out_dtype),
+        chunk_states, ctx.delta_softplus, ctx.axis_col, ctx.backwards_mask,
+        ctx.merge_corners)
     return (_dense(du, u.dtype), ddelta, dA, _dense(dB, B.dtype),
             _dense(dC, C.dtype),
             dD if D is not None else None,
             _dense(dz, z.dtype) if z is not None else None,
-            ddelta_bias if delta_bias is not None else None, None, None, None)
+            ddelta_bias if delta_bias is not None else None, None, None, None,
+            None)
 
 
 _v2m_forward.register_autograd(
@@ -918,7 +929,8 @@ def v2m_corner_scan_cuda(u: Tensor,
                          delta_bias: Optional[Tensor] = None,
                          delta_softplus: bool = False,
                          axis: str = 'row',
-                         corners: Sequence[str] = _V2M_CORNERS) -> Tensor:
+                         corners: Sequence[str] = _V2M_CORNERS,
+                         merge_corners: bool = False) -> Tensor:
     """One pass of V2M's corner scan with the compiled kernel.
 
     See mmssm.ops.v2m_corner_scan (its module docstring gives the math):
@@ -939,10 +951,13 @@ def v2m_corner_scan_cuda(u: Tensor,
         delta_softplus (bool): Apply softplus to delta + delta_bias.
         axis (str): 'row' or 'col'.
         corners (Sequence[str]): Corner names from ('tl', 'tr', 'bl', 'br').
+        merge_corners (bool): Return the sum over the corners, which the
+            kernel accumulates in place of the per-corner outputs.
 
     Returns:
         Tensor: (batch, K, D, H, W) in u's dtype (states and sums in float32,
-        or float64 for float64 inputs).
+        or float64 for float64 inputs); with merge_corners (batch, D, H, W)
+        in float32 (float64 for float64 inputs).
     """
     if axis not in _V2M_AXES:
         raise ValueError(f"axis must be 'row' or 'col', got {axis!r}")
@@ -965,7 +980,7 @@ def v2m_corner_scan_cuda(u: Tensor,
         matrix(B, 'B'), matrix(C, 'C'), _weight(D, accum, 'D'),
         _dense(z, dtype) if z is not None else None,
         _weight(delta_bias, accum, 'delta_bias'), delta_softplus,
-        axis == 'col', _backwards_mask(tuple(corners), axis))
+        axis == 'col', _backwards_mask(tuple(corners), axis), merge_corners)
     return out
 
 

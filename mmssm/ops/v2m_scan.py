@@ -39,7 +39,12 @@ With ``p`` the previous pixel of that walk (none at the line start, ``h = 0``):
 for every channel ``d`` and state ``n`` (``h`` is ``(N,)`` per channel). The
 result ``y`` of corner ``k`` is returned at the pixel it belongs to, as
 ``(batch, K, D, H, W)``: no rotated, flipped or transposed copy is ever handed
-to or returned by the op. A row pass followed by a column pass from the same
+to or returned by the op. With ``merge_corners=True`` the op returns the sum
+over the corners instead, ``(batch, D, H, W)`` in the accumulation dtype
+(float32, float64 for float64 inputs), as V2M's eq. 15 merges the corners
+after the column pass: the compiled kernel adds each corner's outputs into
+that map, so the ``K`` per-corner maps are never written, and the gradient of
+the sum reaches every corner without a broadcast copy. A row pass followed by a column pass from the same
 corner makes ``y(i, j)`` depend on exactly the quadrant of pixels between
 that corner and ``(i, j)`` (``'tl'``: rows ``<= i`` and columns ``<= j``;
 ``'br'``: rows ``>= i`` and columns ``>= j``; and so on).
@@ -167,7 +172,8 @@ def _v2m_corner_scan_pytorch(u: Tensor,
                              delta_bias: Optional[Tensor] = None,
                              delta_softplus: bool = False,
                              axis: str = 'row',
-                             corners: Tuple[str, ...] = CORNERS) -> Tensor:
+                             corners: Tuple[str, ...] = CORNERS,
+                             merge_corners: bool = False) -> Tensor:
     """PyTorch path of :func:`v2m_corner_scan` (inputs already checked).
 
     Every corner's lines are put in walk order (one gather per tensor), then
@@ -219,7 +225,7 @@ def _v2m_corner_scan_pytorch(u: Tensor,
         if z is not None:
             gate = z.to(dtype)
             y = y * F.silu(gate if gate.dim() == 5 else gate.unsqueeze(1))
-    return y.to(u.dtype)
+    return y.sum(dim=1) if merge_corners else y.to(u.dtype)
 
 
 def v2m_corner_scan(u: Tensor,
@@ -232,7 +238,8 @@ def v2m_corner_scan(u: Tensor,
                     delta_bias: Optional[Tensor] = None,
                     delta_softplus: bool = False,
                     axis: str = 'row',
-                    corners: Sequence[str] = CORNERS) -> Tensor:
+                    corners: Sequence[str] = CORNERS,
+                    merge_corners: bool = False) -> Tensor:
     """One pass (rows or columns) of V2M's 2D scan from each named corner.
 
     See the module docstring for the exact math.
@@ -252,15 +259,20 @@ def v2m_corner_scan(u: Tensor,
         axis: ``'row'`` scans every row, ``'col'`` every column.
         corners: Names from ``('tl', 'tr', 'bl', 'br')``; corner ``k`` starts
             each line at its own side.
+        merge_corners: Return the sum of the corners' outputs instead of
+            each corner's.
 
     Returns:
         ``(batch, K, D, H, W)``: corner ``k``'s output at every pixel, in
         ``u``'s dtype (computed in float32, or float64 for float64 input).
+        With ``merge_corners``: their sum ``(batch, D, H, W)`` in float32
+        (float64 for float64 input).
     """
     corners = tuple(corners)
     _check_inputs(u, delta, A, B, C, D, z, delta_bias, axis, corners)
     return run_op('v2m_corner_scan', _v2m_corner_scan_pytorch, u, delta, A,
-                    B, C, D, z, delta_bias, delta_softplus, axis, corners)
+                  B, C, D, z, delta_bias, delta_softplus, axis, corners,
+                  merge_corners)
 
 
 def v2m_corner_scan_reference(u: Tensor,
@@ -273,7 +285,8 @@ def v2m_corner_scan_reference(u: Tensor,
                               delta_bias: Optional[Tensor] = None,
                               delta_softplus: bool = False,
                               axis: str = 'row',
-                              corners: Sequence[str] = CORNERS) -> Tensor:
+                              corners: Sequence[str] = CORNERS,
+                              merge_corners: bool = False) -> Tensor:
     """Naive loop implementation of :func:`v2m_corner_scan` (for tests).
 
     Walks every corner's lines pixel by pixel in spatial layout, without any
@@ -334,4 +347,9 @@ def v2m_corner_scan_reference(u: Tensor,
     if z is not None:
         z = z if z.dim() == 5 else z.unsqueeze(1)
         y = y * F.silu(z.to(compute_dtype))
+    if merge_corners:
+        merged = y[:, 0]
+        for k in range(1, num_corners):
+            merged = merged + y[:, k]
+        return merged
     return y.to(out_dtype)

@@ -61,6 +61,7 @@ def errors_against_reference(
         inputs: Dict[str, Optional[Tensor]], compiled: Callable[..., Tensor],
         reference: Callable[..., Tensor], dtype: torch.dtype,
         is_weight: Callable[[str, Tensor], bool],
+        out_dtype: Optional[torch.dtype] = None,
         **kwargs) -> Dict[str, Union[float, str]]:
     """Relative errors of the output and of every input gradient, and where
     the worst element of a tensor over the tolerance lies.
@@ -68,7 +69,7 @@ def errors_against_reference(
     Each float32 sample is cast to ``dtype`` (those ``is_weight(name,
     value)`` picks to :func:`weight_dtype`) for the compiled op, and the same
     values to float64 for the reference; both get the same output gradient
-    (rounded to ``dtype``).
+    (rounded to the compiled op's output dtype).
     An input the reference leaves without a gradient (unused by a map, e.g.
     the top path of a single row) is expected to get zeros from the kernel.
 
@@ -78,6 +79,7 @@ def errors_against_reference(
         reference: The float64 reference op.
         dtype: Activation dtype of the compiled op.
         is_weight: Whether an input keeps the weight dtype.
+        out_dtype: The compiled op's output dtype; None: ``dtype``.
         **kwargs: Further arguments of both ops.
 
     Returns:
@@ -94,11 +96,13 @@ def errors_against_reference(
         ref[name] = value.detach().to(cast).double().requires_grad_()
     out = compiled(**mine, **kwargs)
     expected = reference(**ref, **kwargs)
-    assert out.dtype == dtype and out.shape == expected.shape
-    # Both get the output gradient as rounded to dtype: the kernel cannot see
-    # more of it, and a sum over many products (dD) would otherwise carry
-    # that rounding, amplified by cancellation, into the comparison.
-    grad_out = torch.randn_like(expected).to(dtype)
+    assert out.dtype == (out_dtype or dtype)
+    assert out.shape == expected.shape
+    # Both get the output gradient as rounded to the output's dtype: the
+    # kernel cannot see more of it, and a sum over many products (dD) would
+    # otherwise carry that rounding, amplified by cancellation, into the
+    # comparison.
+    grad_out = torch.randn_like(expected).to(out.dtype)
     out.backward(grad_out)
     expected.backward(grad_out.double())
     compared = {'out': (out, expected)}

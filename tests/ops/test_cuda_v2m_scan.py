@@ -14,14 +14,11 @@ from mmssm.ops import backend, compiled_ops_available, cuda_ops
 from mmssm.ops.v2m_scan import v2m_corner_scan, v2m_corner_scan_reference
 import cuda_testing
 from cuda_testing import (ALL_DTYPES, assert_close, assert_sanitizer_clean,
-                          needs_sanitizer, relative_error, sample)
+                          needs_sanitizer, relative_error, sample,
+                          weight_dtype)
 
 WEIGHT_NAMES = ('A', 'D', 'delta_bias')
 ALL_CORNERS = ('tl', 'tr', 'bl', 'br')
-
-
-
-
 
 
 def corner_inputs(
@@ -217,6 +214,35 @@ def test_v2m_scan_one_state(axis, lines, length, variable, shared_z, dtype):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize('dtype', ALL_DTYPES)
+@pytest.mark.parametrize(
+    'dstate,axis,corners,shared_u,with_gate',
+    [
+        # The column pass of V2M-S* (one state, per-corner u, no gate) and
+        # of plain V2M (16 states, a gate shared by the corners): 19 x 37
+        # spans chunks and line tiles.
+        (1, 'col', ALL_CORNERS, False, False),
+        (16, 'col', ALL_CORNERS, False, True),
+        # Rows, a corner twice (its two copies add into the same pixels),
+        # shared u whose gradient the corners also add up.
+        (1, 'row', ('br', 'tl', 'br'), True, True),
+        (3, 'row', ('br', 'tl', 'br'), True, True),
+    ])
+def test_v2m_scan_merged_corners(dtype, dstate, axis, corners, shared_u,
+                                 with_gate):
+    # The corners add into one map in the accumulation dtype, and their
+    # backward passes read its gradient.
+    inputs = corner_inputs(2, 7, 19, 37, dstate, corners, 'C',
+                           shared_u=shared_u, contiguous=False)
+    if not with_gate:
+        inputs['z'] = None
+    errors = errors_against_reference(
+        inputs, dtype, out_dtype=weight_dtype(dtype), delta_softplus=True,
+        axis=axis, corners=corners, merge_corners=True)
+    assert_close(errors, dtype)
+
+
+@pytest.mark.cuda
 def test_v2m_public_op_dispatches_to_kernel():
     assert compiled_ops_available()
     assert backend('v2m_corner_scan') == 'cuda'
@@ -233,8 +259,10 @@ def test_v2m_passes_opcheck():
     # Schema, fake (meta) implementation and autograd registration agree
     # with the kernel (a line of 20 positions saves one chunk state).
     inputs = corner_inputs(2, 3, 20, 5, 4, ALL_CORNERS, 'B', shared_u=True)
-    args = tuple(inputs.values()) + (True, True, 0b1100)
-    torch.library.opcheck(torch.ops.mmssm.v2m_corner_scan_fwd.default, args)
+    for merge_corners in (False, True):
+        args = tuple(inputs.values()) + (True, True, 0b1100, merge_corners)
+        torch.library.opcheck(torch.ops.mmssm.v2m_corner_scan_fwd.default,
+                              args)
 
 
 @pytest.mark.cuda
@@ -246,7 +274,10 @@ def test_v2m_torch_compile_full_graph():
     def loss_fn(scan_inputs):
         rows = cuda_ops.v2m_corner_scan_cuda(**scan_inputs,
                                              delta_softplus=True, axis='row')
-        return (rows**2).sum()
+        merged = cuda_ops.v2m_corner_scan_cuda(**scan_inputs,
+                                               delta_softplus=True,
+                                               axis='col', merge_corners=True)
+        return (rows**2).sum() + (merged**2).sum()
 
     compiled = torch.compile(loss_fn, fullgraph=True, backend='aot_eager')
     loss = compiled(inputs)
@@ -269,7 +300,7 @@ def test_v2m_sanitizer_clean(tool):
     # make two chunks, 17 lines two line tiles, 5 states two state groups;
     # per-pixel B with a constant C, then a constant B with per-pixel C and
     # a gate of one corner each; then both again with one state (its own
-    # kernels).
+    # kernels); then merged corners with five states and with one.
     script = (
         'import torch\n'
         'from mmssm.ops import cuda_ops\n'
@@ -289,6 +320,10 @@ def test_v2m_sanitizer_clean(tool):
         '        c[:, :1], c[:, 0], z, c[:, 1], True, axis).sum().backward()\n'
         '    cuda_ops.v2m_corner_scan_cuda(u, d, A[:, :1], c[:, :1],\n'
         '        b[:, :, :1], None, u, None, False, axis).sum().backward()\n'
+        '    for n in (5, 1):\n'
+        '        cuda_ops.v2m_corner_scan_cuda(u, d, A[:, :n], c[:, :n],\n'
+        '            b[:, :, :n], c[:, 0], u, c[:, 1], True, axis,\n'
+        '            merge_corners=True).sum().backward()\n'
         'torch.cuda.synchronize()\n')
     assert_sanitizer_clean(tool, script)
 

@@ -152,6 +152,45 @@ def test_row_then_column_pass_depends_on_exactly_the_corner_quadrant():
             assert torch.equal(depends, expected), (corner, i, j, depends)
 
 
+@pytest.mark.parametrize('op', [v2m_corner_scan, v2m_corner_scan_reference])
+@pytest.mark.parametrize('axis,corners', [('col', CORNERS),
+                                          ('row', ('br', 'tl', 'br'))])
+def test_merged_corners_are_the_sum_of_the_corners(op, axis, corners):
+    # The merged output and its gradients against the per-corner output
+    # summed over the corners, with a random gradient of the sum.
+    args = _random_inputs(2, corners, 3, 2, 4, 6, shared_u=axis == 'row')
+    merged, grads, grad_out = _outputs_and_grads(
+        op, args, axis=axis, corners=corners, delta_softplus=True,
+        merge_corners=True)
+    per_corner = op(**args, axis=axis, corners=corners, delta_softplus=True)
+    assert merged.shape == (2, 3, 4, 6)
+    torch.testing.assert_close(merged, per_corner.sum(dim=1), rtol=1e-12,
+                               atol=1e-12)
+    _, grads_summed, _ = _outputs_and_grads(
+        op, args, grad_out.unsqueeze(1).expand_as(per_corner), axis=axis,
+        corners=corners, delta_softplus=True)
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_summed[name],
+                                   rtol=1e-12, atol=1e-12,
+                                   msg=f'gradient of {name}')
+
+
+def test_merged_corners_are_float32_for_half_inputs():
+    # The corners add up in float32, whichever the inputs' dtype: against
+    # the float64 reference on the same bfloat16 values, only float32
+    # rounding remains.
+    args = _random_inputs(1, CORNERS, 2, 1, 3, 5, dtype=torch.float32)
+    half = {k: v.detach().to(torch.bfloat16) for k, v in args.items()}
+    for name in ('A', 'D', 'delta_bias'):
+        half[name] = half[name].float()
+    wanted = v2m_corner_scan_reference(
+        **{k: v.double() for k, v in half.items()}, axis='col',
+        merge_corners=True)
+    merged = v2m_corner_scan(**half, axis='col', merge_corners=True)
+    assert merged.dtype == torch.float32
+    torch.testing.assert_close(merged.double(), wanted, rtol=1e-5, atol=1e-5)
+
+
 def test_float32_matches_float64_reference():
     args = _random_inputs(2, CORNERS, 4, 3, 5, 7, dtype=torch.float64)
     y_ref = v2m_corner_scan_reference(**args, axis='col', delta_softplus=True)

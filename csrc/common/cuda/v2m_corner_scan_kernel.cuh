@@ -71,6 +71,12 @@
 //   general kernels need 2 G + 1 forward and, with per-pixel B or C,
 //   G + 2 N + 1 backward for G state groups of N states: 4 and 6 at N = 1
 //   before these kernels.)
+// - Merged corners (V2M's column pass, whose corners are summed next): the
+//   blocks of a pixel's corners add their outputs into one float32 map
+//   with atomic adds (four per pixel, from different blocks, so they
+//   rarely contend), and read the gradient of that sum in the backward.
+//   The (batch, K, dim, H, W) outputs and the sum over them are never
+//   written, nor a broadcast copy of the gradient.
 // - Threads of a block past the map's last line or channel run the same
 //   barriers on zeros; only owned pixels and channels are written.
 #pragma once
@@ -330,6 +336,51 @@ __device__ __forceinline__ void v2m_for_each_output(
   }
 }
 
+// Where a block's outputs go: its own corner's planes in the input type,
+// or, where the corners merge, atomic adds into the accumulation-type
+// planes of the corner sum (laid out as a shared u).
+template <typename T, typename acc_t>
+struct V2MOutput {
+  T *own = nullptr;
+  acc_t *merged = nullptr;
+
+  __device__ V2MOutput(const V2MScanParams &p, long long feature_plane,
+                       long long shared_plane) {
+    if (p.merge_corners) {
+      merged = static_cast<acc_t *>(p.out) + shared_plane;
+    } else {
+      own = static_cast<T *>(p.out) + feature_plane;
+    }
+  }
+
+  __device__ __forceinline__ void store(long long offset, acc_t value) const {
+    if (merged) {
+      atomicAdd(merged + offset, value);
+    } else {
+      own[offset] = from_acc<T>(value);
+    }
+  }
+};
+
+// Stages the chunk box of the backward's per-channel inputs (u, delta, z
+// and dout, in tiles and sources in that order). Where the corners merge,
+// sources[3] is null and dout comes from the gradient of the corner sum,
+// merged_dout (accumulation type, laid out as a shared u).
+template <typename T, typename acc_t>
+__device__ __forceinline__ void v2m_stage_backward_inputs(
+    acc_t *const (&tiles)[4], const T *const (&sources)[4],
+    const acc_t *merged_dout, const V2MScanParams &p,
+    const V2MBlock<acc_t> &block, const V2MChunkBox &box) {
+  v2m_stage<kV2MStageBatch>(tiles, sources, p.block_channels,
+                            block.channels_here, p, block, box);
+  if (merged_dout) {
+    acc_t *const dout_tile[1] = {tiles[3]};
+    const acc_t *const dout_source[1] = {merged_dout};
+    v2m_stage<kV2MStageBatch>(dout_tile, dout_source, p.block_channels,
+                              block.channels_here, p, block, box);
+  }
+}
+
 // Adds the sums over the block's channels of per-thread tiles (one state's
 // dB and dC at every pixel of the chunk box) to that state's planes; a null
 // plane is skipped. One index split serves both.
@@ -463,7 +514,7 @@ __global__ void __launch_bounds__(kV2MMaxThreads, V2MMinBlocks<T>::forward)
   acc_t *const matrix_tiles[2] = {shared + layout.B, shared + layout.C};
   const acc_t *tile_B = matrix_tiles[0];
   const acc_t *tile_C = matrix_tiles[1];
-  T *out = static_cast<T *>(p.out) + feature_plane;
+  const V2MOutput<T, acc_t> out(p, feature_plane, shared_plane);
   const int row = block.me * kV2MTileStride;
   const int weights = block.local_channel * p.dstate;
 
@@ -537,7 +588,7 @@ __global__ void __launch_bounds__(kV2MMaxThreads, V2MMinBlocks<T>::forward)
     }
     __syncthreads();
     v2m_for_each_output(p, block, box, [&](long long offset, int slot) {
-      out[offset] = from_acc<T>(tile_delta[slot]);
+      out.store(offset, tile_delta[slot]);
     });
     __syncthreads();  // the next chunk restages the tiles
   }
@@ -591,7 +642,11 @@ __global__ void __launch_bounds__(kV2MMaxThreads, V2MMinBlocks<T>::backward)
   const T *const feature_sources[4] = {
       static_cast<const T *>(p.u) + u_plane,
       static_cast<const T *>(p.delta) + feature_plane, z,
-      static_cast<const T *>(p.dout) + feature_plane};
+      p.merge_corners ? nullptr
+                      : static_cast<const T *>(p.dout) + feature_plane};
+  const acc_t *merged_dout =
+      p.merge_corners ? static_cast<const acc_t *>(p.dout) + shared_plane
+                      : nullptr;
   const long long matrix_plane = block.corner_index * p.dstate * pixels;
   acc_t *const matrix_tiles[2] = {shared + layout.B, shared + layout.C};
   const acc_t *tile_B = matrix_tiles[0];
@@ -605,8 +660,7 @@ __global__ void __launch_bounds__(kV2MMaxThreads, V2MMinBlocks<T>::backward)
 
   for (int chunk = p.num_chunks - 1; chunk >= 0; --chunk) {
     const V2MChunkBox box(chunk, block.length, block.backwards);
-    v2m_stage<kV2MStageBatch>(feature_tiles, feature_sources,
-                              p.block_channels, block.channels_here, p,
+    v2m_stage_backward_inputs(feature_tiles, feature_sources, merged_dout, p,
                               block, box);
     if (chunk > 0) {
       // All states' chunk starts at once: one memory latency, not dstate.
@@ -833,7 +887,7 @@ __global__ void __launch_bounds__(kV2MMaxThreads,
   acc_t *const matrix_tiles[2] = {shared + layout.B, shared + layout.C};
   const acc_t *tile_B = matrix_tiles[0];
   const acc_t *tile_C = matrix_tiles[1];
-  T *out = static_cast<T *>(p.out) + feature_plane;
+  const V2MOutput<T, acc_t> out(p, feature_plane, shared_plane);
   const int row = block.me * kV2MTileStride;
   const int matrix_row = block.local_line * kV2MTileStride;
 
@@ -867,7 +921,7 @@ __global__ void __launch_bounds__(kV2MMaxThreads,
     }
     __syncthreads();
     v2m_for_each_output(p, block, box, [&](long long offset, int slot) {
-      out[offset] = from_acc<T>(tile_delta[slot]);
+      out.store(offset, tile_delta[slot]);
     });
     __syncthreads();  // the next chunk restages the tiles
   }
@@ -909,7 +963,11 @@ __global__ void __launch_bounds__(kV2MMaxThreads,
   const T *const feature_sources[4] = {
       static_cast<const T *>(p.u) + u_plane,
       static_cast<const T *>(p.delta) + feature_plane, z,
-      static_cast<const T *>(p.dout) + feature_plane};
+      p.merge_corners ? nullptr
+                      : static_cast<const T *>(p.dout) + feature_plane};
+  const acc_t *merged_dout =
+      p.merge_corners ? static_cast<const acc_t *>(p.dout) + shared_plane
+                      : nullptr;
   const long long matrix_plane = block.corner_index * pixels;
   acc_t *const matrix_tiles[2] = {shared + layout.B, shared + layout.C};
   const acc_t *tile_B = matrix_tiles[0];
@@ -935,8 +993,7 @@ __global__ void __launch_bounds__(kV2MMaxThreads,
             ? static_cast<const acc_t *>(
                   p.chunk_states)[block.chunk_state_index(p, chunk, 0)]
             : acc_t(0);
-    v2m_stage<kV2MStageBatch>(feature_tiles, feature_sources,
-                              p.block_channels, block.channels_here, p,
+    v2m_stage_backward_inputs(feature_tiles, feature_sources, merged_dout, p,
                               block, box);
     v2m_stage_matrices<T>(matrix_tiles, matrix_plane, 1, p, block, box);
     __syncthreads();

@@ -223,8 +223,13 @@ class V2MMixer(nn.Module):
         nn.init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
         self.out_proj.weight /= math.sqrt(num_layers)
 
-    def _scan_pass(self, u: torch.Tensor, z: torch.Tensor, second: bool,
-                   axis: str, corners: Tuple[str, ...]) -> torch.Tensor:
+    def _scan_pass(self,
+                   u: torch.Tensor,
+                   z: torch.Tensor,
+                   second: bool,
+                   axis: str,
+                   corners: Tuple[str, ...],
+                   merge_corners: bool = False) -> torch.Tensor:
         """One selective-scan pass of every corner.
 
         Args:
@@ -234,9 +239,10 @@ class V2MMixer(nn.Module):
                 input-dependent ``C``) instead of the first's.
             axis: ``'row'`` or ``'col'``.
             corners: The ``K`` corners.
+            merge_corners: Return the corners' sum (float32) instead.
 
         Returns:
-            ``(B, K, E, h, w)``.
+            ``(B, K, E, h, w)``, or ``(B, E, h, w)`` merged.
         """
         x_proj, dt_proj = ((self.x_proj_2, self.dt_proj_2) if second else
                            (self.x_proj, self.dt_proj))
@@ -267,7 +273,8 @@ class V2MMixer(nn.Module):
             delta_bias=dt_proj.bias.repeat(num),
             delta_softplus=True,
             axis=axis,
-            corners=corners)
+            corners=corners,
+            merge_corners=merge_corners)
 
     def _first_pass(self, x: torch.Tensor, z: torch.Tensor, axis: str,
                     corners: Tuple[str, str]) -> torch.Tensor:
@@ -278,14 +285,19 @@ class V2MMixer(nn.Module):
         ], 1)
         return self._scan_pass(F.silu(u), z, False, axis, corners)
 
-    def _second_pass(self, y: torch.Tensor, z: torch.Tensor, axis: str,
+    def _second_pass(self,
+                     y: torch.Tensor,
+                     z: torch.Tensor,
+                     axis: str,
                      backwards: Sequence[bool],
-                     corners: Tuple[str, ...]) -> torch.Tensor:
+                     corners: Tuple[str, ...],
+                     merge_corners: bool = False) -> torch.Tensor:
         """Second pass over first-pass outputs ``y`` (B, K', E, h, w)."""
         u = torch.cat(
             [_line_conv(y, self.conv1d_2, axis, back) for back in backwards],
             1)
-        return self._scan_pass(F.silu(u), z, True, axis, corners)
+        return self._scan_pass(F.silu(u), z, True, axis, corners,
+                               merge_corners)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mix a token grid.
@@ -308,8 +320,15 @@ class V2MMixer(nn.Module):
             rows = self._first_pass(inner, gate, 'row', ('tl', 'tr'))
             # Column walks top-down for tl/tr and bottom-up for bl/br; the
             # row results of tl/tr serve bl/br (same parameters).
-            out = self._second_pass(rows, gate, 'col', (False, True),
-                                    ('tl', 'tr', 'bl', 'br')).sum(1)
+            out = self._second_pass(rows,
+                                    gate,
+                                    'col', (False, True),
+                                    ('tl', 'tr', 'bl', 'br'),
+                                    merge_corners=True)
+            # The kernel merges the corners in float32; without autocast
+            # the sum takes the activations' dtype (a half-precision model).
+            if not torch.is_autocast_enabled(out.device.type):
+                out = out.to(gate.dtype)
         else:
             rows = self._first_pass(inner, gate, 'row', ('tl', 'tr'))
             cols = self._first_pass(inner, gate, 'col', ('tl', 'bl'))

@@ -194,9 +194,14 @@ class V2M2DMixer(nn.Module):
             delta_bias=self.col_dt_proj_bias.flatten(),
             delta_softplus=True,
             axis='col',
-            corners=CORNERS)
-        y = self.out_norm(y.sum(dim=1))
-        return self.out_proj(y)
+            corners=CORNERS,
+            merge_corners=True)
+        # The kernel merges the corners in float32, which the norm reads;
+        # without autocast the sum takes the activations' dtype (a
+        # half-precision model).
+        if not torch.is_autocast_enabled(y.device.type):
+            y = y.to(x.dtype)
+        return self.out_proj(self.out_norm(y))
 
 
 @MODELS.register_module()

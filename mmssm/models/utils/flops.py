@@ -220,8 +220,14 @@ def _selective_scan_zeros(args: Dict[str, Any]) -> Any:
 
 
 def _v2m_corner_scan_zeros(args: Dict[str, Any]) -> Tensor:
-    return args['delta'].new_zeros(args['delta'].shape,
-                                   dtype=args['u'].dtype)
+    delta = args['delta']
+    if args['merge_corners']:
+        # The corners' sum, (batch, D, H, W) in the accumulation dtype.
+        batch, _, dim, height, width = delta.shape
+        return delta.new_zeros(
+            (batch, dim, height, width),
+            dtype=torch.promote_types(args['u'].dtype, torch.float32))
+    return delta.new_zeros(delta.shape, dtype=args['u'].dtype)
 
 
 class _ScanCall:
