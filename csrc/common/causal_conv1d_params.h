@@ -16,6 +16,7 @@ namespace mmssm {
 // 1 - k]), positions outside [0, length) reading zero.
 struct CausalConv1dParams {
   int64_t numel = 0;  // batch * channels * length
+  int64_t batch = 0;
   int64_t channels = 0;
   int64_t length = 0;
   int kernel = 0;
@@ -30,7 +31,7 @@ struct CausalConv1dParams {
   void *out = nullptr;
 
   // Backward. dweight and dbias are zeroed by the caller and accumulated
-  // with atomics (one per block, row of the block's tile and tap).
+  // with atomics (one per block and tap).
   const void *dout = nullptr;
   void *dx = nullptr;
   void *dweight = nullptr;
@@ -44,6 +45,9 @@ constexpr int kCausalConv1dMaxKernel = 8;
 constexpr int kCausalConv1dThreads = 256;
 constexpr int kCausalConv1dItems = 2;  // elements per thread and tile
 constexpr int kCausalConv1dTile = kCausalConv1dThreads * kCausalConv1dItems;
+// The backward kernel's blocks: this many batch elements (a warp each) of
+// one channel.
+constexpr int kCausalConv1dBwdWarps = 8;
 
 // Launches the forward (or backward) kernel for element type T on the
 // current CUDA stream; instantiated per type in

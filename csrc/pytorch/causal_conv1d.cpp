@@ -47,6 +47,16 @@ CausalConv1dParams make_conv_params(const at::Tensor &x,
   TORCH_CHECK((numel + kCausalConv1dTile - 1) / kCausalConv1dTile <=
                   std::numeric_limits<int32_t>::max(),
               "causal conv1d: x has too many elements (", numel, ")");
+  // The backward grid: a block per channel and group of batch elements;
+  // positions are 32-bit.
+  TORCH_CHECK(channels <= std::numeric_limits<int32_t>::max() &&
+                  (batch + kCausalConv1dBwdWarps - 1) /
+                          kCausalConv1dBwdWarps <= 65535 &&
+                  length < std::numeric_limits<int32_t>::max() - 32,
+              "causal conv1d: x of shape ", x.sizes(), " exceeds the "
+              "backward grid (at most 2^31 - 1 channels, ",
+              65535 * kCausalConv1dBwdWarps, " batch elements, 2^31 - 33 "
+              "positions)");
   const auto acc = accum_type(dtype);
   check_op_tensor(kOpName, x, "x", x, dtype, {batch, channels, length});
   check_op_tensor(kOpName, weight, "weight", x, acc, {channels, kernel});
@@ -55,6 +65,7 @@ CausalConv1dParams make_conv_params(const at::Tensor &x,
 
   CausalConv1dParams params;
   params.numel = numel;
+  params.batch = batch;
   params.channels = channels;
   params.length = length;
   params.kernel = static_cast<int>(kernel);

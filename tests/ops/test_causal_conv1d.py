@@ -171,6 +171,11 @@ def _cuda_errors(batch: int,
     (2, 3, 3, 7),  # L < K
     (2, 33, 197, 2),
     (2, 6, 61, 8),
+    # The backward's warps walk rows in chunks of 32 in blocks of 8 batch
+    # elements: K = 1 (no taps from other lanes) over whole chunks and
+    # three batch groups, the last one partial; a chunk and one position.
+    (19, 3, 64, 1),
+    (9, 4, 33, 5),
 ])
 def test_cuda_matches_reference(dtype, reverse, batch, channels, length,
                                 kernel):
