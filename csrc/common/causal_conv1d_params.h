@@ -15,15 +15,12 @@ namespace mmssm {
 // out[t] = act(bias + sum_k weight[k] x[t - (K - 1 - k)]) (reverse: x[t + K -
 // 1 - k]), positions outside [0, length) reading zero.
 struct CausalConv1dParams {
-  int64_t numel = 0;  // batch * channels * length
   int64_t batch = 0;
   int64_t channels = 0;
   int64_t length = 0;
   int kernel = 0;
   bool reverse = false;
   bool silu = false;
-  bool narrow_index = false;  // numel < 2^31: 32-bit index divisions
-  bool aligned_x = false;     // x is 16-byte aligned: vector loads of x
 
   const void *x = nullptr;
   const void *weight = nullptr;
@@ -40,14 +37,9 @@ struct CausalConv1dParams {
 
 // Largest kernel size (taps) the kernels are compiled for.
 constexpr int kCausalConv1dMaxKernel = 8;
-// A block of kCausalConv1dThreads threads owns a tile of kCausalConv1dTile
-// consecutive elements of the flat (batch, channels, length) array.
-constexpr int kCausalConv1dThreads = 256;
-constexpr int kCausalConv1dItems = 2;  // elements per thread and tile
-constexpr int kCausalConv1dTile = kCausalConv1dThreads * kCausalConv1dItems;
-// The backward kernel's blocks: this many batch elements (a warp each) of
-// one channel.
-constexpr int kCausalConv1dBwdWarps = 8;
+// The kernels' blocks: this many batch elements (a warp each) of one
+// channel.
+constexpr int kCausalConv1dWarps = 8;
 
 // Launches the forward (or backward) kernel for element type T on the
 // current CUDA stream; instantiated per type in

@@ -43,19 +43,15 @@ CausalConv1dParams make_conv_params(const at::Tensor &x,
   TORCH_CHECK(kernel >= 1 && kernel <= kCausalConv1dMaxKernel,
               "causal conv1d: the kernel size K (weight.size(1)) must be in "
               "[1, ", kCausalConv1dMaxKernel, "], got ", kernel);
-  const int64_t numel = x.numel();
-  TORCH_CHECK((numel + kCausalConv1dTile - 1) / kCausalConv1dTile <=
-                  std::numeric_limits<int32_t>::max(),
-              "causal conv1d: x has too many elements (", numel, ")");
-  // The backward grid: a block per channel and group of batch elements;
-  // positions are 32-bit.
+  // The grid: a block per channel and group of batch elements; positions
+  // are 32-bit.
   TORCH_CHECK(channels <= std::numeric_limits<int32_t>::max() &&
-                  (batch + kCausalConv1dBwdWarps - 1) /
-                          kCausalConv1dBwdWarps <= 65535 &&
+                  (batch + kCausalConv1dWarps - 1) / kCausalConv1dWarps <=
+                      65535 &&
                   length < std::numeric_limits<int32_t>::max() - 32,
               "causal conv1d: x of shape ", x.sizes(), " exceeds the "
-              "backward grid (at most 2^31 - 1 channels, ",
-              65535 * kCausalConv1dBwdWarps, " batch elements, 2^31 - 33 "
+              "kernels' grid (at most 2^31 - 1 channels, ",
+              65535 * kCausalConv1dWarps, " batch elements, 2^31 - 33 "
               "positions)");
   const auto acc = accum_type(dtype);
   check_op_tensor(kOpName, x, "x", x, dtype, {batch, channels, length});
@@ -64,17 +60,12 @@ CausalConv1dParams make_conv_params(const at::Tensor &x,
     check_op_tensor(kOpName, *bias, "bias", x, acc, {channels});
 
   CausalConv1dParams params;
-  params.numel = numel;
   params.batch = batch;
   params.channels = channels;
   params.length = length;
   params.kernel = static_cast<int>(kernel);
   params.reverse = reverse;
   params.silu = silu;
-  // The kernels index up to a tile and a halo past the last element.
-  params.narrow_index =
-      numel + 2 * kCausalConv1dTile <= std::numeric_limits<int32_t>::max();
-  params.aligned_x = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
   params.x = x.data_ptr();
   params.weight = weight.data_ptr();
   params.bias = bias.has_value() ? bias->data_ptr() : nullptr;

@@ -165,9 +165,9 @@ def _cuda_errors(batch: int,
 @pytest.mark.parametrize('dtype', ALL_DTYPES)
 @pytest.mark.parametrize('reverse', [False, True])
 @pytest.mark.parametrize('batch,channels,length,kernel', [
-    (3, 7, 197, 4),  # odd E; tiles span rows
-    (1, 5, 4097, 4),  # B = 1, long rows over many tiles
-    (4, 9, 1, 4),  # L < K: a tile spans 9 rows of one position
+    (3, 7, 197, 4),  # odd E and L
+    (1, 5, 4097, 4),  # B = 1, long rows over many chunks
+    (4, 9, 1, 4),  # L < K: rows of one position
     (2, 3, 3, 7),  # L < K
     (2, 33, 197, 2),
     (2, 6, 61, 8),
@@ -198,9 +198,9 @@ def test_cuda_options_and_strided_input(reverse, with_bias, activation):
 @pytest.mark.cuda
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
 @pytest.mark.parametrize('reverse', [False, True])
-def test_cuda_misaligned_input_takes_element_loads(dtype, reverse):
-    # A contiguous x one element past a 16-byte boundary: its full tiles
-    # are staged element by element instead of with vector loads.
+def test_cuda_misaligned_input(dtype, reverse):
+    # A contiguous x one element past a 16-byte boundary: the kernels must
+    # not assume aligned rows.
     batch, channels, length = 2, 5, 301
     storage = torch.randn(batch * channels * length + 1, device='cuda')
     x = storage.to(dtype)[1:].view(batch, channels, length)
@@ -277,14 +277,14 @@ def test_cuda_torch_compile_full_graph():
 @needs_sanitizer
 @pytest.mark.parametrize('tool', ['memcheck', 'racecheck', 'synccheck'])
 def test_cuda_sanitizer_clean(tool):
-    # Tiles staged in shared memory: rows of 1 position (many rows per tile,
-    # shared atomics), of 197 (a row boundary inside warps) and of 1100 (a
-    # row over three tiles, then misaligned for element loads); both
-    # directions, every dtype, K 1, 4 and 8.
+    # Warps over rows of 1 position, of 197 (a partial last chunk) and of
+    # 1100 (many chunks, misaligned); blocks of 9 batch elements (the second
+    # block's warps mostly idle, then the block's sums in shared memory);
+    # both directions, every dtype, K 1, 4 and 8.
     script = (
         'import torch\n'
         'from mmssm.ops import cuda_ops\n'
-        'shapes = ((3, 5, 1, 4), (2, 7, 197, 8), (1, 3, 1100, 1))\n'
+        'shapes = ((9, 5, 1, 4), (2, 7, 197, 8), (1, 3, 1100, 1))\n'
         'for dt in (torch.float32, torch.bfloat16, torch.float16,\n'
         '           torch.float64):\n'
         '    wdt = torch.float64 if dt == torch.float64 else torch.float32\n'
