@@ -320,9 +320,7 @@ class V2MMixer(nn.Module):
             rows = self._first_pass(inner, gate, 'row', ('tl', 'tr'))
             # Column walks top-down for tl/tr and bottom-up for bl/br; the
             # row results of tl/tr serve bl/br (same parameters).
-            out = self._second_pass(rows,
-                                    gate,
-                                    'col', (False, True),
+            out = self._second_pass(rows, gate, 'col', (False, True),
                                     ('tl', 'tr', 'bl', 'br'),
                                     merge_corners=True)
             # The kernel merges the corners in float32; without autocast
