@@ -1,5 +1,5 @@
 // Plain-data description of VMamba's four-direction cross scan for the
-// tiled kernels, shared by the device-agnostic entry points
+// tiled and the plane kernels, shared by the device-agnostic entry points
 // (csrc/pytorch/cross_scan.cpp) and the CUDA kernels
 // (csrc/common/cuda/cross_scan_kernel.cuh).
 #pragma once
@@ -16,6 +16,12 @@ constexpr int kCrossChannels = 4;
 // States a thread holds in registers; larger states take the selective-scan
 // kernels' cross layout.
 constexpr int kCrossMaxStates = 4;
+// The plane kernels (csrc/common/cuda/cross_plane_kernel.cuh): one block per
+// (batch element, channel) map of up to kCrossPlaneMaxPixels pixels and one
+// state, each thread owning kCrossPlaneItems steps of a walk.
+constexpr int kCrossPlaneMaxPixels = 4096;
+constexpr int kCrossPlaneItems = 8;
+constexpr int kCrossPlaneMaxThreads = 512;
 
 // Layouts (spatial, as mmssm.ops.cross_selective_scan):
 //   u, out, dout, du: (batch, dim, H, W)
@@ -34,6 +40,8 @@ constexpr int kCrossMaxStates = 4;
 //   line_dt: (batch, 4, dim, max_lines), sum of a line's step sizes
 //   chunk_states: (batch, 4, dim, dstate, max_chunks, max_lines), the state
 //     before each chunk of kCrossChunk positions of a line
+// The plane kernels recompute every state in the backward pass: they save
+// nothing (max_lines and max_chunks are 0) and write out and du whole.
 //
 // Pointers to weights, per-line and per-chunk buffers, out, du, dB and dC
 // point to the accumulation type (float, or double for double inputs); the
@@ -47,6 +55,7 @@ struct CrossScanParams {
   int max_lines = 0;
   int max_chunks = 0;
   bool delta_softplus = false;
+  bool plane = false;  // the plane kernels, else the tiled ones
 
   const void *u = nullptr;
   const void *delta = nullptr;
@@ -75,7 +84,8 @@ struct CrossScanParams {
 
 // Runs the forward pass (fills out, line_dt and chunk_states, using
 // line_states as scratch) or the backward pass (fills the gradients, using
-// line_adjoint as scratch) for element type T.
+// line_adjoint as scratch) for element type T, on the plane kernels where
+// `plane` is set.
 template <typename T>
 void cross_scan_launch(const CrossScanParams &params, bool backward);
 

@@ -125,22 +125,23 @@ struct CrossScanFunction
                                const at::Tensor &B, const at::Tensor &C,
                                const c10::optional<at::Tensor> &D,
                                const c10::optional<at::Tensor> &delta_bias,
-                               bool delta_softplus) {
+                               bool delta_softplus, bool plane) {
     const SharedBuffersScope shared_buffers;
-    auto outputs =
-        cross_scan_forward(u, delta, A, B, C, D, delta_bias, delta_softplus);
+    auto outputs = cross_scan_forward(u, delta, A, B, C, D, delta_bias,
+                                      delta_softplus, plane);
     // outputs: (out, chunk states, line step sums).
     save(ctx,
          {u, delta, A, B, C, saved_slot(D), saved_slot(delta_bias),
           outputs[1], outputs[2]},
          outputs);
     ctx->saved_data["delta_softplus"] = delta_softplus;
+    ctx->saved_data["plane"] = plane;
     return outputs;
   }
 
   static variable_list backward(AutogradContext *ctx, variable_list grads) {
     const SharedBuffersScope shared_buffers;
-    variable_list result(8);
+    variable_list result(9);
     if (!grads[0].defined()) return result;
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &u = saved[0], &B = saved[3], &C = saved[4];
@@ -148,7 +149,8 @@ struct CrossScanFunction
     auto g = cross_scan_backward(
         u, saved[1], saved[2], B, C, optional_input(D),
         optional_input(delta_bias), dense(grads[0], u.scalar_type()),
-        saved[7], saved[8], ctx->saved_data.at("delta_softplus").toBool());
+        saved[7], saved[8], ctx->saved_data.at("delta_softplus").toBool(),
+        ctx->saved_data.at("plane").toBool());
     result[0] = dense(g[0], u.scalar_type());
     result[1] = g[1];
     result[2] = g[2];
@@ -352,9 +354,10 @@ std::vector<at::Tensor> cross_scan_autograd(
     const at::Tensor &u, const at::Tensor &delta, const at::Tensor &A,
     const at::Tensor &B, const at::Tensor &C,
     const c10::optional<at::Tensor> &D,
-    const c10::optional<at::Tensor> &delta_bias, bool delta_softplus) {
+    const c10::optional<at::Tensor> &delta_bias, bool delta_softplus,
+    bool plane) {
   return CrossScanFunction::apply(u, delta, A, B, C, D, delta_bias,
-                                  delta_softplus);
+                                  delta_softplus, plane);
 }
 
 std::vector<at::Tensor> wavefront_scan_autograd(

@@ -1,5 +1,6 @@
-// Device-agnostic entry points of the tiled cross scan (VMamba's four
-// directions): argument checks, buffers and dispatch on the element type.
+// Device-agnostic entry points of the cross scan's tiled and plane kernels
+// (VMamba's four directions): argument checks, buffers and dispatch on the
+// element type.
 // See cross_scan_params.h for the layouts; mmssm/ops/cuda_ops.py is the
 // Python side. Every check runs before the device guard is set.
 #include <ATen/ATen.h>
@@ -24,7 +25,7 @@ CrossScanParams make_cross_params(const at::Tensor &u, const at::Tensor &delta,
                                   const at::Tensor &C,
                                   const c10::optional<at::Tensor> &D,
                                   const c10::optional<at::Tensor> &delta_bias,
-                                  bool delta_softplus) {
+                                  bool delta_softplus, bool plane) {
   TORCH_CHECK(u.is_cuda(), "cross scan: u must be a CUDA tensor, got ",
               u.device());
   const auto dtype = u.scalar_type();
@@ -48,6 +49,11 @@ CrossScanParams make_cross_params(const at::Tensor &u, const at::Tensor &delta,
   TORCH_CHECK(dstate >= 1 && dstate <= kCrossMaxStates, "cross scan: the "
               "state size N (A.size(1)) must be in [1, ", kCrossMaxStates,
               "], got ", dstate);
+  TORCH_CHECK(!plane || (dstate == 1 && height * width <=
+                                            kCrossPlaneMaxPixels),
+              "cross scan: the plane kernels take one state (N = 1) and maps "
+              "of at most ", kCrossPlaneMaxPixels, " pixels, got N = ",
+              dstate, " and a ", height, " x ", width, " map");
   const auto acc = accum_type(dtype);
   check_op_tensor(kOpName, delta, "delta", u, dtype,
                   {batch, 4, dim, height, width});
@@ -64,9 +70,11 @@ CrossScanParams make_cross_params(const at::Tensor &u, const at::Tensor &delta,
   params.height = height;
   params.width = width;
   params.dstate = dstate;
-  params.max_lines = std::max(height, width);
+  // The plane kernels save nothing: empty line and chunk buffers.
+  params.max_lines = plane ? 0 : std::max(height, width);
   params.max_chunks = (params.max_lines + kCrossChunk - 1) / kCrossChunk;
   params.delta_softplus = delta_softplus;
+  params.plane = plane;
   params.u = u.data_ptr();
   params.delta = delta.data_ptr();
   params.A = A.data_ptr();
@@ -117,16 +125,19 @@ std::vector<at::Tensor> cross_scan_forward(
     const at::Tensor &u, const at::Tensor &delta, const at::Tensor &A,
     const at::Tensor &B, const at::Tensor &C,
     const c10::optional<at::Tensor> &D,
-    const c10::optional<at::Tensor> &delta_bias, bool delta_softplus) {
-  CrossScanParams params =
-      make_cross_params(u, delta, A, B, C, D, delta_bias, delta_softplus);
+    const c10::optional<at::Tensor> &delta_bias, bool delta_softplus,
+    bool plane) {
+  CrossScanParams params = make_cross_params(u, delta, A, B, C, D, delta_bias,
+                                             delta_softplus, plane);
   const c10::cuda::CUDAGuard device_guard(u.device());
   const auto acc_options = u.options().dtype(accum_type(u.scalar_type()));
-  // The four directions add their outputs into one map. The saved buffers
-  // are sized for the longer axis; zeroed, their entries past the shorter
-  // axis's lines and chunks are defined (the op's outputs are deterministic
-  // wherever no atomic sum is involved).
-  at::Tensor out = at::zeros(u.sizes(), acc_options);
+  // The tiled kernels add the four directions' outputs into one map; the
+  // plane kernels write it whole. The saved buffers are sized for the
+  // longer axis; zeroed, their entries past the shorter axis's lines and
+  // chunks are defined (the op's outputs are deterministic wherever no
+  // atomic sum is involved).
+  at::Tensor out = plane ? at::empty(u.sizes(), acc_options)
+                         : at::zeros(u.sizes(), acc_options);
   at::Tensor line_states = at::empty(line_shape(params), acc_options);
   const auto saved = carve({line_dt_shape(params), chunk_states_shape(params)},
                           acc_options, true);
@@ -145,9 +156,9 @@ std::vector<at::Tensor> cross_scan_backward(
     const c10::optional<at::Tensor> &D,
     const c10::optional<at::Tensor> &delta_bias, const at::Tensor &dout,
     const at::Tensor &chunk_states, const at::Tensor &line_dt,
-    bool delta_softplus) {
-  CrossScanParams params =
-      make_cross_params(u, delta, A, B, C, D, delta_bias, delta_softplus);
+    bool delta_softplus, bool plane) {
+  CrossScanParams params = make_cross_params(u, delta, A, B, C, D, delta_bias,
+                                             delta_softplus, plane);
   const auto dtype = u.scalar_type();
   const auto acc = accum_type(dtype);
   check_op_tensor(kOpName, dout, "dout", u, dtype, u.sizes());
@@ -156,9 +167,10 @@ std::vector<at::Tensor> cross_scan_backward(
   check_op_tensor(kOpName, line_dt, "line_dt", u, acc, line_dt_shape(params));
   const c10::cuda::CUDAGuard device_guard(u.device());
   const auto acc_options = u.options().dtype(acc);
-  // u, B, C and the weights collect the gradients of several directions,
-  // channels or blocks.
-  at::Tensor du = at::zeros(u.sizes(), acc_options);
+  // u (in the tiled kernels), B, C and the weights collect the gradients of
+  // several directions, channels or blocks.
+  at::Tensor du = plane ? at::empty(u.sizes(), acc_options)
+                        : at::zeros(u.sizes(), acc_options);
   at::Tensor ddelta = at::empty_like(delta);
   // One allocation per group of gradients alike in dtype and lifetime.
   const ScanGrads grads = scan_grads(A, D, delta_bias, B, C, acc_options);

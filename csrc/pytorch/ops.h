@@ -34,7 +34,8 @@ std::vector<at::Tensor> cross_scan_forward(
     const at::Tensor &u, const at::Tensor &delta, const at::Tensor &A,
     const at::Tensor &B, const at::Tensor &C,
     const c10::optional<at::Tensor> &D,
-    const c10::optional<at::Tensor> &delta_bias, bool delta_softplus);
+    const c10::optional<at::Tensor> &delta_bias, bool delta_softplus,
+    bool plane);
 
 std::vector<at::Tensor> cross_scan_backward(
     const at::Tensor &u, const at::Tensor &delta, const at::Tensor &A,
@@ -42,7 +43,7 @@ std::vector<at::Tensor> cross_scan_backward(
     const c10::optional<at::Tensor> &D,
     const c10::optional<at::Tensor> &delta_bias, const at::Tensor &dout,
     const at::Tensor &chunk_states, const at::Tensor &line_dt,
-    bool delta_softplus);
+    bool delta_softplus, bool plane);
 
 std::vector<at::Tensor> wavefront_scan_forward(
     const at::Tensor &x, const at::Tensor &delta_t, const at::Tensor &delta_l,
@@ -120,7 +121,8 @@ std::vector<at::Tensor> cross_scan_autograd(
     const at::Tensor &u, const at::Tensor &delta, const at::Tensor &A,
     const at::Tensor &B, const at::Tensor &C,
     const c10::optional<at::Tensor> &D,
-    const c10::optional<at::Tensor> &delta_bias, bool delta_softplus);
+    const c10::optional<at::Tensor> &delta_bias, bool delta_softplus,
+    bool plane);
 
 std::vector<at::Tensor> wavefront_scan_autograd(
     const at::Tensor &x, const at::Tensor &delta_t, const at::Tensor &delta_l,

@@ -22,17 +22,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("width"), py::arg("reverse"), py::arg("num_threads"),
         py::arg("num_items"), py::arg("kernel"));
   m.def("cross_scan_forward", &mmssm::cross_scan_forward,
-        "Tiled cross scan forward: returns (out, chunk_states, line_dt)",
+        "Tiled or plane cross scan forward: returns (out, chunk_states, "
+        "line_dt)",
         py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"),
         py::arg("C"), py::arg("D"), py::arg("delta_bias"),
-        py::arg("delta_softplus"));
+        py::arg("delta_softplus"), py::arg("plane"));
   m.def("cross_scan_backward", &mmssm::cross_scan_backward,
-        "Tiled cross scan backward: returns (du, ddelta, dA, dB, dC, dD, "
-        "ddelta_bias)",
+        "Tiled or plane cross scan backward: returns (du, ddelta, dA, dB, "
+        "dC, dD, ddelta_bias)",
         py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"),
         py::arg("C"), py::arg("D"), py::arg("delta_bias"), py::arg("dout"),
         py::arg("chunk_states"), py::arg("line_dt"),
-        py::arg("delta_softplus"));
+        py::arg("delta_softplus"), py::arg("plane"));
   m.def("wavefront_scan_forward", &mmssm::wavefront_scan_forward,
         "Mamba2D wavefront scan forward: returns (out, boundary states)",
         py::arg("x"), py::arg("delta_t"), py::arg("delta_l"), py::arg("A_t"),
@@ -92,11 +93,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("backward_threads"), py::arg("backward_items"),
         py::arg("backward_kernel"));
   m.def("cross_scan_autograd", &mmssm::cross_scan_autograd,
-        "Tiled cross scan as an autograd Function: returns (out, "
+        "Tiled or plane cross scan as an autograd Function: returns (out, "
         "chunk_states, line_dt)",
         py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"),
         py::arg("C"), py::arg("D"), py::arg("delta_bias"),
-        py::arg("delta_softplus"));
+        py::arg("delta_softplus"), py::arg("plane"));
   m.def("wavefront_scan_autograd", &mmssm::wavefront_scan_autograd,
         "Mamba2D wavefront scan as an autograd Function: returns (out, "
         "boundary states)",

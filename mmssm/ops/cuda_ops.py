@@ -12,9 +12,12 @@ or as VMamba's four cross-scan directions of a 2D map (``num_dirs == 4``),
 reading every direction's inputs at their pixels and adding the four outputs
 into one map, so no (B, 4, D, H*W) copy is made.
 
-VMamba's cross scan with few states has its own tiled kernels
-(``mmssm::cross_scan_fwd/bwd``: every row or column scanned by one thread,
-the lines joined by a carry pass). Two more kernel families serve the 2D
+VMamba's cross scan with few states has its own kernels
+(``mmssm::cross_scan_fwd/bwd``): with one state on maps of up to 4096 pixels
+(every VMamba v2 stage at 224²) the plane kernels, one block per (batch,
+channel) map walking all four directions by block scans; otherwise the tiled
+kernels, every row or column scanned by one thread and the lines joined by a
+carry pass. Two more kernel families serve the 2D
 scans: ``mmssm::wavefront_scan_fwd/bwd``
 (Mamba2D's wavefront recurrence, one launch per pass over the whole map) and
 ``mmssm::v2m_corner_scan_fwd/bwd`` (one row or column pass of V2M's corner
@@ -476,12 +479,13 @@ def cross_selective_scan_cuda(u: Tensor,
                              f'{tuple(A.shape)}, got {tuple(tensor.shape)}')
     weights = (_weight(A, accum, 'A'), _weight(D, accum, 'D'),
                _weight(delta_bias, accum, 'delta_bias'))
-    if _cross_uses_tiles(batch, dim, num_states):
+    plane = _cross_uses_planes(height, width, num_states)
+    if plane or _cross_uses_tiles(batch, dim, num_states):
         out, _, _ = _cross_forward(_dense(u),
                                    _dense(delta, dtype), weights[0],
                                    _dense(B, dtype),
                                    _dense(C, dtype), weights[1],
-                                   weights[2], delta_softplus)
+                                   weights[2], delta_softplus, plane)
         return _dense(out, dtype)
     length = height * width
     out, _, _ = _scan_forward(
@@ -496,7 +500,14 @@ def cross_selective_scan_cuda(u: Tensor,
     return _dense(out, dtype).reshape(batch, dim, height, width)
 
 
-# VMamba's cross scan runs on the tiled line-scan kernels
+# VMamba's cross scan with one state on maps of up to
+# _CROSS_PLANE_MAX_PIXELS pixels (kCrossPlaneMaxPixels) runs on the plane
+# kernels (csrc/common/cuda/cross_plane_kernel.cuh): a block holds one
+# (batch, channel) map in shared memory and walks the four directions by
+# block scans, summing the outputs (and in backward du) before one store.
+# H100, VMamba-T stage 1 224² batch 64, fp16, fwd / fwd+bwd ms: see
+# docs/benchmarks.md, seventh session. Other cases with few states run on
+# the tiled line-scan kernels
 # (csrc/common/cuda/cross_scan_kernel.cuh) where there are few sequences
 # (batch * 4 * dim below _CROSS_TILED_MAX_SEQUENCES) of up to
 # _CROSS_TILED_MAX_STATES states: every row or column is scanned on its own
@@ -507,11 +518,17 @@ def cross_selective_scan_cuda(u: Tensor,
 # which measured faster there. H100, VMamba-T, fp16, fwd+bwd ms (tiled /
 # cross layout): stage 1 1280x800 batch 2 (768 sequences) 3.35 / 5.16;
 # 224² batch 64, stage 1 (24576) 4.55 / 3.93, stage 3 (98304) 2.05 / 1.55.
+_CROSS_PLANE_MAX_PIXELS = 4096
 _CROSS_TILED_MAX_STATES = 4
 _CROSS_TILED_MAX_SEQUENCES = 8192
 # Positions per chunk of the tiled kernels (kCrossChunk in
 # csrc/common/cross_scan_params.h), which size the saved chunk states.
 _CROSS_CHUNK = 16
+
+
+def _cross_uses_planes(height: int, width: int, num_states: int) -> bool:
+    """Whether a cross scan runs on the plane kernels (see above)."""
+    return num_states == 1 and height * width <= _CROSS_PLANE_MAX_PIXELS
 
 
 def _cross_uses_tiles(batch: int, dim: int, num_states: int) -> bool:
@@ -523,29 +540,34 @@ def _cross_uses_tiles(batch: int, dim: int, num_states: int) -> bool:
 @_kernel_op('mmssm::cross_scan_fwd')
 def _cross_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                    D: Optional[Tensor], delta_bias: Optional[Tensor],
-                   delta_softplus: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Tiled kernels' forward; returns (out, chunk states, line step sums).
+                   delta_softplus: bool,
+                   plane: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Plane (``plane``) or tiled kernels' forward; returns (out, chunk
+    states, line step sums), the last two empty for the plane kernels.
 
     ``out`` is in the accumulation dtype (float32, or float64).
     """
     out, chunk_states, line_dt = _extension().cross_scan_forward(
-        u, delta, A, B, C, D, delta_bias, delta_softplus)
+        u, delta, A, B, C, D, delta_bias, delta_softplus, plane)
     return out, chunk_states, line_dt
 
 
-def _cross_buffer_shapes(u: Tensor, A: Tensor) -> tuple[tuple, tuple]:
-    """Shapes of the chunk states and line step sums the forward saves."""
+def _cross_buffer_shapes(u: Tensor, A: Tensor,
+                         plane: bool) -> tuple[tuple, tuple]:
+    """Shapes of the chunk states and line step sums the forward saves (the
+    plane kernels save none)."""
     batch, dim, height, width = u.shape
-    max_lines = max(height, width)
+    max_lines = 0 if plane else max(height, width)
     max_chunks = -(-max_lines // _CROSS_CHUNK)
     return ((batch, _CROSS_DIRECTIONS, dim, A.shape[1], max_chunks,
              max_lines), (batch, _CROSS_DIRECTIONS, dim, max_lines))
 
 
 @_cross_forward.register_fake
-def _cross_forward_fake(u, delta, A, B, C, D, delta_bias, delta_softplus):
+def _cross_forward_fake(u, delta, A, B, C, D, delta_bias, delta_softplus,
+                        plane):
     accum = _accum_dtype(u.dtype)
-    chunk_shape, line_shape = _cross_buffer_shapes(u, A)
+    chunk_shape, line_shape = _cross_buffer_shapes(u, A, plane)
     return (u.new_empty(u.shape, dtype=accum),
             u.new_empty(chunk_shape, dtype=accum),
             u.new_empty(line_shape, dtype=accum))
@@ -555,18 +577,18 @@ def _cross_forward_fake(u, delta, A, B, C, D, delta_bias, delta_softplus):
 def _cross_backward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                     D: Optional[Tensor], delta_bias: Optional[Tensor],
                     dout: Tensor, chunk_states: Tensor, line_dt: Tensor,
-                    delta_softplus: bool) -> list[Tensor]:
-    """Tiled kernels' backward; returns (du, ddelta, dA, dB, dC, dD,
-    ddelta_bias), du, dB and dC in the accumulation dtype; absent optional
-    inputs get empty gradients."""
+                    delta_softplus: bool, plane: bool) -> list[Tensor]:
+    """Plane or tiled kernels' backward; returns (du, ddelta, dA, dB, dC,
+    dD, ddelta_bias), du, dB and dC in the accumulation dtype; absent
+    optional inputs get empty gradients."""
     return list(_extension().cross_scan_backward(
         u, delta, A, B, C, D, delta_bias, dout, chunk_states, line_dt,
-        delta_softplus))
+        delta_softplus, plane))
 
 
 @_cross_backward.register_fake
 def _cross_backward_fake(u, delta, A, B, C, D, delta_bias, dout,
-                         chunk_states, line_dt, delta_softplus):
+                         chunk_states, line_dt, delta_softplus, plane):
     accum = _accum_dtype(u.dtype)
     empty = u.new_empty(0, dtype=accum)
     return [
@@ -582,11 +604,12 @@ def _cross_backward_fake(u, delta, A, B, C, D, delta_bias, dout,
 
 
 def _cross_setup_context(ctx, inputs, output) -> None:
-    u, delta, A, B, C, D, delta_bias, delta_softplus = inputs
+    u, delta, A, B, C, D, delta_bias, delta_softplus, plane = inputs
     _, chunk_states, line_dt = output
     ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, chunk_states,
                           line_dt)
     ctx.delta_softplus = delta_softplus
+    ctx.plane = plane
     ctx.mark_non_differentiable(chunk_states, line_dt)
 
 
@@ -596,11 +619,11 @@ def _cross_autograd_backward(ctx, dout, _dchunk_states, _dline_dt):
     du, ddelta, dA, dB, dC, dD, ddelta_bias = _cross_backward(
         u, delta, A, B, C, D, delta_bias,
         _dense(dout, u.dtype), chunk_states, line_dt,
-        ctx.delta_softplus)
+        ctx.delta_softplus, ctx.plane)
     return (_dense(du, u.dtype), ddelta, dA, _dense(dB, B.dtype),
             _dense(dC, C.dtype),
             dD if D is not None else None,
-            ddelta_bias if delta_bias is not None else None, None)
+            ddelta_bias if delta_bias is not None else None, None, None)
 
 
 _cross_forward.register_autograd(

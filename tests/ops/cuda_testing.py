@@ -32,6 +32,23 @@ needs_sanitizer = pytest.mark.skipif(
     reason='compute-sanitizer is not on PATH')
 
 
+def skip_unless_errors_can_format_numbers() -> None:
+    """Skips a test of the extension's C++ argument checks where their
+    messages cannot be built: an extension linked with its own static copy
+    of libstdc++ (no libstdc++ among its shared libraries; the GPU
+    machine's g++ links one in) crashes formatting a number into one."""
+    from mmssm import _ext
+    ldd = shutil.which('ldd')
+    if ldd is None:
+        return
+    libraries = subprocess.run([ldd, _ext.__file__], capture_output=True,
+                               text=True).stdout
+    if 'libstdc++' not in libraries:
+        pytest.skip('mmssm._ext carries a static libstdc++ (its toolchain '
+                    'links one in), whose number formatting in C++ error '
+                    'messages crashes the process')
+
+
 def relative_error(actual: Tensor, expected: Tensor) -> float:
     """Relative error in float64; inf where ``actual`` is not finite."""
     actual, expected = actual.double(), expected.double()

@@ -158,9 +158,12 @@ def test_cross_selective_scan_matches_reference(dtype, height, width):
     (2, 6, 31, 33),  # chunks of 16 with a partial last chunk
 ])
 def test_cross_scan_tiles_and_states_match_reference(dstate, batch, dim,
-                                                     height, width):
-    # Up to 4 states run on the tiled kernels, 5 on the cross layout.
+                                                     height, width,
+                                                     monkeypatch):
+    # Up to 4 states run on the tiled kernels (one state here too, which
+    # would otherwise take the plane kernels), 5 on the cross layout.
     assert cuda_ops._cross_uses_tiles(batch, dim, dstate) == (dstate <= 4)
+    monkeypatch.setattr(cuda_ops, '_cross_uses_planes', lambda *_: False)
     inputs = cross_inputs(batch, dim, height, width, dstate)
     errors = errors_against_reference(
         inputs, cuda_ops.cross_selective_scan_cuda,
@@ -175,20 +178,70 @@ def test_cross_scan_takes_tiles_for_few_sequences():
     assert not cuda_ops._cross_uses_tiles(2, 96, 5)  # too many states
 
 
+def test_cross_scan_takes_planes_for_one_state_on_small_maps():
+    assert cuda_ops._cross_uses_planes(56, 56, 1)  # VMamba stage 1 at 224²
+    assert cuda_ops._cross_uses_planes(50, 80, 1)  # stage 3 at 1280x800
+    assert cuda_ops._cross_uses_planes(64, 64, 1)  # the largest map
+    assert cuda_ops._cross_uses_planes(1, 4096, 1)
+    assert not cuda_ops._cross_uses_planes(65, 64, 1)
+    assert not cuda_ops._cross_uses_planes(200, 320, 1)  # stage 1, 1280x800
+    assert not cuda_ops._cross_uses_planes(56, 56, 2)  # two states
+
+
 @pytest.mark.cuda
-@pytest.mark.parametrize('step', [None, 20.0])
-def test_cross_scan_long_walks_match_pytorch_path(step):
-    # Detection-sized walks (hundreds of lines joined by the carry pass)
-    # are too long for the step-by-step reference: compare the float64
-    # kernels with mmssm's float64 PyTorch path, outputs and gradients.
-    # Steps of 20 make every line's decay underflow.
-    from mmssm.ops.cross_scan import _cross_selective_scan_pytorch
+@pytest.mark.parametrize('dtype', ALL_DTYPES)
+@pytest.mark.parametrize('height,width', [(1, 1), (1, 7), (9, 1), (6, 9),
+                                          (13, 23), (37, 31)])
+def test_cross_scan_planes_match_reference(dtype, height, width):
+    # Partial warps and threads, one-pixel lines, non-square maps.
+    assert cuda_ops._cross_uses_planes(height, width, 1)
+    inputs = cross_inputs(2, 3, height, width, 1, contiguous=height > 1)
+    errors = errors_against_reference(
+        inputs, cuda_ops.cross_selective_scan_cuda,
+        cross_selective_scan_reference, dtype, delta_softplus=True)
+    assert_close(errors, dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('batch,dim,height,width', [
+    (1, 2, 64, 64),  # the largest map: 512 threads of 8 steps
+    (2, 1, 1, 4096),  # one row
+    (1, 2, 4093, 1),  # one (prime) column
+    (3, 5, 56, 56),  # VMamba stage 1 at 224², 13 warps
+])
+def test_cross_scan_large_planes_match_pytorch_path(batch, dim, height,
+                                                     width):
+    # Maps too long for the step-by-step reference: the float64 kernels
+    # against mmssm's float64 PyTorch path, outputs and every gradient.
+    assert cuda_ops._cross_uses_planes(height, width, 1)
     inputs = {
         name: None if value is None else value.double()
-        for name, value in cross_inputs(1, 3, 120, 200, 2).items()
+        for name, value in cross_inputs(batch, dim, height, width, 1).items()
     }
-    if step is not None:
-        inputs['delta'] = torch.full_like(inputs['delta'], step)
+    assert_cross_kernels_match_pytorch_path(inputs)
+
+
+@pytest.mark.cuda
+def test_cross_scan_planes_refuse_what_they_cannot_take():
+    cuda_testing.skip_unless_errors_can_format_numbers()
+    cross = cross_inputs(1, 2, 5, 7, 2)
+    args = (cross['u'], cross['delta'], cross['A'], cross['B'], cross['C'],
+            cross['D'], cross['delta_bias'], True, True)
+    with pytest.raises(RuntimeError, match='plane kernels take one state'):
+        cuda_ops._cross_forward(*args)
+    big = cross_inputs(1, 1, 65, 64, 1)
+    args = (big['u'], big['delta'], big['A'], big['B'], big['C'], None,
+            None, True, True)
+    with pytest.raises(RuntimeError, match='at most 4096 pixels'):
+        cuda_ops._cross_forward(*args)
+
+
+def assert_cross_kernels_match_pytorch_path(
+        inputs: Dict[str, Optional[Tensor]]) -> None:
+    """Compares the float64 kernels of the cross scan with mmssm's float64
+    PyTorch path, the output and every gradient (for walks too long for the
+    step-by-step reference)."""
+    from mmssm.ops.cross_scan import _cross_selective_scan_pytorch
     results = []
     for implementation in (cuda_ops.cross_selective_scan_cuda,
                            _cross_selective_scan_pytorch):
@@ -206,6 +259,22 @@ def test_cross_scan_long_walks_match_pytorch_path(step):
             ['out', 'u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias'],
             *results):
         assert relative_error(kernel, pytorch) < 1e-8, name
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('step', [None, 20.0])
+def test_cross_scan_long_walks_match_pytorch_path(step):
+    # Detection-sized walks (hundreds of lines joined by the carry pass)
+    # are too long for the step-by-step reference: compare the float64
+    # kernels with mmssm's float64 PyTorch path, outputs and gradients.
+    # Steps of 20 make every line's decay underflow.
+    inputs = {
+        name: None if value is None else value.double()
+        for name, value in cross_inputs(1, 3, 120, 200, 2).items()
+    }
+    if step is not None:
+        inputs['delta'] = torch.full_like(inputs['delta'], step)
+    assert_cross_kernels_match_pytorch_path(inputs)
 
 
 @pytest.mark.cuda
@@ -241,27 +310,36 @@ def test_ops_pass_opcheck():
     torch.library.opcheck(
         torch.ops.mmssm.cross_scan_fwd.default,
         (cross['u'], cross['delta'], cross['A'], cross['B'], cross['C'],
-         cross['D'], cross['delta_bias'], True))
+         cross['D'], cross['delta_bias'], True, False))
+    plane = cross_inputs(1, 2, 5, 7, 1)
+    torch.library.opcheck(
+        torch.ops.mmssm.cross_scan_fwd.default,
+        (plane['u'], plane['delta'], plane['A'], plane['B'], plane['C'],
+         plane['D'], plane['delta_bias'], True, True))
 
 
 @pytest.mark.cuda
 def test_torch_compile_full_graph():
     inputs = selective_scan_inputs(2, 4, 50, 4, 'shared')
-    cross = cross_inputs(2, 3, 6, 5, 1)
+    # One state: the plane kernels; two: the tiled ones.
+    planes = cross_inputs(2, 3, 6, 5, 1)
+    tiles = cross_inputs(2, 3, 6, 5, 2)
 
-    def both_ops(scan_inputs, cross_inputs):
+    def all_ops(scan_inputs, planes, tiles):
         y = cuda_ops.selective_scan_cuda(**scan_inputs, delta_softplus=True)
-        y2 = cuda_ops.cross_selective_scan_cuda(**cross_inputs,
+        y2 = cuda_ops.cross_selective_scan_cuda(**planes,
                                                 delta_softplus=True)
-        return y.sum() + y2.sum()
+        y3 = cuda_ops.cross_selective_scan_cuda(**tiles, delta_softplus=True)
+        return y.sum() + y2.sum() + y3.sum()
 
-    for value in list(inputs.values()) + list(cross.values()):
+    for value in (list(inputs.values()) + list(planes.values()) +
+                  list(tiles.values())):
         if value is not None:
             value.requires_grad_()
-    compiled = torch.compile(both_ops, fullgraph=True, backend='aot_eager')
-    loss = compiled(inputs, cross)
+    compiled = torch.compile(all_ops, fullgraph=True, backend='aot_eager')
+    loss = compiled(inputs, planes, tiles)
     loss.backward()
-    eager = both_ops(inputs, cross)
+    eager = all_ops(inputs, planes, tiles)
     assert relative_error(loss, eager) < 1e-6
     assert all(v.grad is not None for v in inputs.values() if v is not None)
 
@@ -327,6 +405,7 @@ def test_tiled_cross_scan_sanitizer_clean(tool):
     script = (
         'import torch\n'
         'from mmssm.ops import cuda_ops\n'
+        'cuda_ops._cross_uses_planes = lambda *_: False\n'
         'for n in (1, 3):\n'
         '    x = torch.randn(1, 5, 37, 21, device="cuda")\n'
         '    x.requires_grad_()\n'
@@ -334,6 +413,29 @@ def test_tiled_cross_scan_sanitizer_clean(tool):
         '    bc = torch.randn(1, 4, n, 37, 21, device="cuda")\n'
         '    A4 = -torch.rand(20, n, device="cuda", requires_grad=True)\n'
         '    D = torch.randn(20, device="cuda", requires_grad=True)\n'
+        '    cuda_ops.cross_selective_scan_cuda(x, d, A4, bc, bc, D, D,\n'
+        '        delta_softplus=True).sum().backward()\n'
+        'torch.cuda.synchronize()\n')
+    assert_sanitizer_clean(tool, script)
+
+
+@pytest.mark.cuda
+@needs_sanitizer
+@pytest.mark.parametrize('tool', ['memcheck', 'racecheck', 'synccheck'])
+def test_plane_cross_scan_sanitizer_clean(tool):
+    # A partial last warp (37 x 21: 98 owners in 4 warps), a one-warp map,
+    # and the largest map in bfloat16: every staging, scan and store path.
+    script = (
+        'import torch\n'
+        'from mmssm.ops import cuda_ops\n'
+        'for h, w, dt in ((37, 21, torch.float32), (3, 5, torch.float32),\n'
+        '                 (64, 64, torch.bfloat16)):\n'
+        '    x = torch.randn(2, 3, h, w, device="cuda", dtype=dt)\n'
+        '    x.requires_grad_()\n'
+        '    d = torch.randn(2, 4, 3, h, w, device="cuda", dtype=dt)\n'
+        '    bc = torch.randn(2, 4, 1, h, w, device="cuda", dtype=dt)\n'
+        '    A4 = -torch.rand(12, 1, device="cuda", requires_grad=True)\n'
+        '    D = torch.randn(12, device="cuda", requires_grad=True)\n'
         '    cuda_ops.cross_selective_scan_cuda(x, d, A4, bc, bc, D, D,\n'
         '        delta_softplus=True).sum().backward()\n'
         'torch.cuda.synchronize()\n')

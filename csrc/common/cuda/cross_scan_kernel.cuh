@@ -44,8 +44,9 @@
 
 #include <algorithm>
 
+#include "cross_plane_kernel.cuh"
 #include "cross_scan_params.h"
-// AccumType, exp_acc, softplus, to_acc and from_acc.
+// AccumType, exp_acc, expm1_acc, softplus, to_acc and from_acc.
 #include "selective_scan_kernel.cuh"
 
 namespace mmssm {
@@ -67,9 +68,6 @@ static_assert(kCrossTileElements % kCrossThreads == 0,
 // kernels at 20-25% of memory and 36% of SM throughput on the H100; 6
 // leaves the one-state kernels 80 registers without spills.
 constexpr int kCrossMinBlocks = 6;
-
-__device__ __forceinline__ float expm1_acc(float x) { return expm1f(x); }
-__device__ __forceinline__ double expm1_acc(double x) { return expm1(x); }
 
 // What one block owns and what its thread owns within it.
 struct CrossBlock {
@@ -674,6 +672,10 @@ void cross_scan_launch_states(const CrossScanParams &p, bool backward) {
 
 template <typename T>
 void cross_scan_launch(const CrossScanParams &params, bool backward) {
+  if (params.plane) {
+    cross_plane_launch<T>(params, backward);
+    return;
+  }
   switch (params.dstate) {
     case 1:
       cross_scan_launch_states<T, 1>(params, backward);

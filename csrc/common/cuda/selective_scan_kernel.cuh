@@ -49,6 +49,8 @@ __device__ __forceinline__ float exp_acc(float x) { return __expf(x); }
 __device__ __forceinline__ double exp_acc(double x) { return exp(x); }
 __device__ __forceinline__ float log1p_acc(float x) { return log1pf(x); }
 __device__ __forceinline__ double log1p_acc(double x) { return log1p(x); }
+__device__ __forceinline__ float expm1_acc(float x) { return expm1f(x); }
+__device__ __forceinline__ double expm1_acc(double x) { return expm1(x); }
 
 template <typename acc_t, typename T>
 __device__ __forceinline__ acc_t to_acc(T x) {
@@ -126,14 +128,15 @@ __device__ __forceinline__ AffineMap<acc_t> warp_exclusive_scan(
 }
 
 // Block-wide exclusive scan of affine maps in thread order (kReverse: in
-// reverse thread order). Returns the composition of the maps of the threads
-// before this one and, in `total`, of all threads. Contains two
-// __syncthreads(), so every thread must call it.
-template <typename acc_t, int kNThreads, bool kReverse>
+// reverse thread order) over the block's `num_warps` whole warps. Returns
+// the composition of the maps of the threads before this one and, with
+// kTotal, in `total` that of all threads (without, a warp reads only the
+// totals of the warps before it). Contains two __syncthreads(), so every
+// thread must call it.
+template <typename acc_t, bool kReverse, bool kTotal = true>
 __device__ __forceinline__ AffineMap<acc_t> block_exclusive_scan(
     AffineMap<acc_t> value, AffineMap<acc_t> &total,
-    AffineMap<acc_t> *warp_totals) {
-  constexpr int kNWarps = kNThreads / 32;
+    AffineMap<acc_t> *warp_totals, int num_warps) {
   const int warp = threadIdx.x >> 5;
   AffineMap<acc_t> warp_total;
   const AffineMap<acc_t> in_warp =
@@ -143,14 +146,25 @@ __device__ __forceinline__ AffineMap<acc_t> block_exclusive_scan(
   AffineMap<acc_t> prefix = identity_map<acc_t>();
   total = identity_map<acc_t>();
 #pragma unroll
-  for (int step = 0; step < kNWarps; ++step) {
-    const int w = kReverse ? kNWarps - 1 - step : step;
+  for (int step = 0; step < num_warps; ++step) {
+    const int w = kReverse ? num_warps - 1 - step : step;
+    const bool before = kReverse ? w > warp : w < warp;
+    if (!kTotal && !before) break;
     const AffineMap<acc_t> other = warp_totals[w];
-    if (kReverse ? w > warp : w < warp) prefix = compose(prefix, other);
-    total = compose(total, other);
+    if (before) prefix = compose(prefix, other);
+    if (kTotal) total = compose(total, other);
   }
   __syncthreads();
   return compose(prefix, in_warp);
+}
+
+// The same, without the total.
+template <typename acc_t, bool kReverse>
+__device__ __forceinline__ AffineMap<acc_t> block_exclusive_scan(
+    AffineMap<acc_t> value, AffineMap<acc_t> *warp_totals, int num_warps) {
+  AffineMap<acc_t> unused;
+  return block_exclusive_scan<acc_t, kReverse, false>(value, unused,
+                                                      warp_totals, num_warps);
 }
 
 template <typename acc_t>
@@ -303,8 +317,8 @@ __global__ void __launch_bounds__(kNThreads)
       const acc_t state_in = carry[n];
       AffineMap<acc_t> chunk_map;
       const AffineMap<acc_t> before =
-          block_exclusive_scan<acc_t, kNThreads, false>(thread_map, chunk_map,
-                                                        warp_totals);
+          block_exclusive_scan<acc_t, false>(thread_map, chunk_map,
+                                             warp_totals, kNThreads / 32);
       acc_t h = before.a * state_in + before.b;
 #pragma unroll
       for (int i = 0; i < kNItems; ++i) {
@@ -1364,8 +1378,8 @@ __global__ void __launch_bounds__(kNThreads)
                     : acc_t(0);
       AffineMap<acc_t> chunk_map;
       const AffineMap<acc_t> before =
-          block_exclusive_scan<acc_t, kNThreads, false>(thread_map, chunk_map,
-                                                        warp_totals);
+          block_exclusive_scan<acc_t, false>(thread_map, chunk_map,
+                                             warp_totals, kNThreads / 32);
       acc_t h = before.a * state_in + before.b;
       // Adjoint r_t = a_t * g_t, g_t = C_t dy_t + r_{t+1} = dL/dh_t.
       AffineMap<acc_t> thread_adjoint = identity_map<acc_t>();
@@ -1381,8 +1395,8 @@ __global__ void __launch_bounds__(kNThreads)
       const acc_t adjoint_in = adjoint_carry[n];
       AffineMap<acc_t> chunk_adjoint;
       const AffineMap<acc_t> after =
-          block_exclusive_scan<acc_t, kNThreads, true>(
-              thread_adjoint, chunk_adjoint, warp_totals);
+          block_exclusive_scan<acc_t, true>(thread_adjoint, chunk_adjoint,
+                                            warp_totals, kNThreads / 32);
       acc_t r_next = after.a * adjoint_in + after.b;
       acc_t dA_part = acc_t(0), dB_part = acc_t(0), dC_part = acc_t(0);
 #pragma unroll

@@ -1,0 +1,465 @@
+// VMamba's four-direction cross scan with one state (every VMamba v2
+// model) on maps of up to kCrossPlaneMaxPixels pixels, one block per
+// (batch element, channel) map, forward and backward.
+//
+// For direction k, channel d, along the walk of direction k:
+//   dt = delta + delta_bias (softplus of it if asked),
+//   h = exp(dt A) h + dt B u,  y_k = C h + D u,  out = y_0 + ... + y_3.
+//
+// Design, and why:
+// - A block holds its whole map in shared memory (u, and per direction the
+//   step sizes, B and C), staged with coalesced loads along the rows. Each
+//   thread then owns kCrossPlaneItems consecutive steps of a direction's
+//   walk, reads them from shared memory in that direction's order (rows or
+//   columns, forwards or backwards: direction by indexing, nothing
+//   transposed in memory), and a block scan of affine maps joins the
+//   threads. The whole walk of 3136 steps (56 x 56) is thus one block scan,
+//   without the line-carry passes and saved states of the tiled kernels.
+// - The four outputs are summed in a shared float map that each direction's
+//   owners add to between barriers, then stored once: no atomics and no
+//   (B, 4, D, H * W) copy. The backward pass sums du the same way and
+//   writes ddelta, dB and dC through shared memory with coalesced stores
+//   (dB and dC with one atomic per pixel and channel: every channel of a
+//   batch element shares them).
+// - The backward pass recomputes the states with the same block scan, so
+//   the forward pass saves nothing.
+#pragma once
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+
+#include "cross_scan_params.h"
+// AccumType, AffineMap, block_exclusive_scan, compose, exp_acc,
+// expm1_acc, softplus, to_acc and from_acc.
+#include "selective_scan_kernel.cuh"
+
+namespace mmssm {
+
+constexpr int kCrossPlaneMaxWarps = kCrossPlaneMaxThreads / 32;
+static_assert(kCrossPlaneMaxThreads * kCrossPlaneItems >=
+                  kCrossPlaneMaxPixels,
+              "a block's threads must cover the largest map");
+
+// Shared-memory slot of a pixel: one padding slot per 32 pixels, so that
+// the column walks (threads kCrossPlaneItems rows apart) spread over banks.
+__device__ __forceinline__ int plane_slot(int pixel) {
+  return pixel + (pixel >> 5);
+}
+
+// Slots of one shared map of `pixels` pixels.
+__host__ __device__ constexpr int plane_slots(int pixels) {
+  return pixels + (pixels >> 5) + 1;
+}
+
+// Threads of a block for a map of `pixels` pixels: whole warps, each
+// thread owning up to kCrossPlaneItems steps of a walk.
+inline int cross_plane_threads(int pixels) {
+  const int owners = (pixels + kCrossPlaneItems - 1) / kCrossPlaneItems;
+  return (owners + 31) / 32 * 32;
+}
+
+// The pixels of this thread's steps of direction k's walk (-1 past the
+// walk): rows for even k, columns for odd k, from the last pixel for
+// k >= 2 (the order of cross_position), without a division per step.
+__device__ __forceinline__ void plane_walk_pixels(
+    int direction, int first, int height, int width,
+    int (&pixel)[kCrossPlaneItems]) {
+  const int pixels = height * width;
+  const bool reverse = direction >= 2;
+  if (first >= pixels) {
+#pragma unroll
+    for (int i = 0; i < kCrossPlaneItems; ++i) pixel[i] = -1;
+    return;
+  }
+  if ((direction & 1) == 0) {
+#pragma unroll
+    for (int i = 0; i < kCrossPlaneItems; ++i) {
+      const int t = first + i;
+      pixel[i] = t < pixels ? (reverse ? pixels - 1 - t : t) : -1;
+    }
+    return;
+  }
+  // Column-major index s of the first step, then one row on (or back).
+  const int s = reverse ? pixels - 1 - first : first;
+  int row = s % height, col = s / height;
+#pragma unroll
+  for (int i = 0; i < kCrossPlaneItems; ++i) {
+    pixel[i] = first + i < pixels ? row * width + col : -1;
+    if (reverse) {
+      if (--row < 0) {
+        row = height - 1;
+        --col;
+      }
+    } else if (++row == height) {
+      row = 0;
+      ++col;
+    }
+  }
+}
+
+// Sums two values over the block (in double: they collect a whole map);
+// thread 0 gets the sums. Contains two __syncthreads().
+__device__ __forceinline__ void plane_block_sum(double &first, double &second,
+                                                double *scratch) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    first += __shfl_xor_sync(0xffffffffu, first, offset);
+    second += __shfl_xor_sync(0xffffffffu, second, offset);
+  }
+  const int warp = threadIdx.x >> 5;
+  if ((threadIdx.x & 31) == 0) {
+    scratch[2 * warp] = first;
+    scratch[2 * warp + 1] = second;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w) {
+      first += scratch[2 * w];
+      second += scratch[2 * w + 1];
+    }
+  }
+  __syncthreads();
+}
+
+// One block's map. Consecutive blocks take consecutive batch elements of a
+// channel: blocks running at once then add their dB and dC into different
+// maps, where the channels of one batch element all at once contended for
+// the same addresses.
+struct PlaneView {
+  int height, width, pixels, dim, channel;
+  long long batch_index;
+
+  __device__ explicit PlaneView(const CrossScanParams &p) {
+    height = p.height;
+    width = p.width;
+    pixels = height * width;
+    dim = p.dim;
+    channel = blockIdx.x / p.batch;
+    batch_index = blockIdx.x % p.batch;
+  }
+
+  // Offset of the map in u, out, dout and du.
+  __device__ long long map_offset() const {
+    return (batch_index * dim + channel) * pixels;
+  }
+
+  // Index of the channel's weights of direction k in A, D, delta_bias.
+  __device__ int weight(int k) const { return k * dim + channel; }
+
+  // Offset of direction k's map of this channel in delta and ddelta.
+  __device__ long long delta_offset(int k) const {
+    return ((batch_index * 4 + k) * dim + channel) * pixels;
+  }
+
+  // Offset of direction k's map in B, C, dB and dC (one state).
+  __device__ long long state_offset(int k) const {
+    return (batch_index * 4 + k) * pixels;
+  }
+};
+
+// Calls visit(i, q) for this thread's pixels q of a coalesced pass over the
+// map, q = threadIdx.x + i * blockDim.x: at most kCrossPlaneItems of them,
+// as the block has a thread per kCrossPlaneItems pixels.
+template <typename Visit>
+__device__ __forceinline__ void plane_for_each(int pixels, Visit visit) {
+#pragma unroll
+  for (int i = 0; i < kCrossPlaneItems; ++i) {
+    const int q = threadIdx.x + i * blockDim.x;
+    if (q < pixels) visit(i, q);
+  }
+}
+
+// Loads this thread's elements of a coalesced pass over a map (see
+// plane_for_each), all issued before any is used: with one load in flight
+// per thread the staging waited a memory latency per pixel. Past the map a
+// thread reloads its last pixel, so every load is unconditional.
+template <typename T>
+__device__ __forceinline__ void plane_load(const T *map, int pixels,
+                                           T (&values)[kCrossPlaneItems]) {
+#pragma unroll
+  for (int i = 0; i < kCrossPlaneItems; ++i)
+    values[i] = map[min(static_cast<int>(threadIdx.x + i * blockDim.x),
+                        pixels - 1)];
+}
+
+// Stages direction k's step sizes, B and C into shared maps.
+template <typename T, typename acc_t>
+__device__ __forceinline__ void plane_stage_direction(
+    const CrossScanParams &p, const PlaneView &view, int k, acc_t *dt_map,
+    acc_t *B_map, acc_t *C_map) {
+  const T *delta = static_cast<const T *>(p.delta) + view.delta_offset(k);
+  const T *B = static_cast<const T *>(p.B) + view.state_offset(k);
+  const T *C = static_cast<const T *>(p.C) + view.state_offset(k);
+  const acc_t bias =
+      p.delta_bias ? static_cast<const acc_t *>(p.delta_bias)[view.weight(k)]
+                   : acc_t(0);
+  T raw_delta[kCrossPlaneItems], raw_B[kCrossPlaneItems],
+      raw_C[kCrossPlaneItems];
+  plane_load(delta, view.pixels, raw_delta);
+  plane_load(B, view.pixels, raw_B);
+  plane_load(C, view.pixels, raw_C);
+  plane_for_each(view.pixels, [&](int i, int q) {
+    const int slot = plane_slot(q);
+    const acc_t raw = to_acc<acc_t>(raw_delta[i]) + bias;
+    dt_map[slot] = p.delta_softplus ? softplus(raw) : raw;
+    B_map[slot] = to_acc<acc_t>(raw_B[i]);
+    C_map[slot] = to_acc<acc_t>(raw_C[i]);
+  });
+}
+
+// Two blocks per SM must fit the registers: the shared memory of a 56 x 56
+// map (65 KB forward, 78 KB backward in float) allows two to three.
+constexpr int kCrossPlaneMinBlocks = 2;
+
+// The block's shared maps, plane_slots(pixels) apart: u, the step sizes, B,
+// C, the sum over directions (out forward, du backward) and, backward
+// only, dy. Backward, the step-size, B and C maps are overwritten with
+// ddelta, dB and dC.
+template <typename acc_t>
+struct PlaneMaps {
+  acc_t *u, *dt, *B, *C, *sum, *dy;
+
+  __device__ PlaneMaps(unsigned char *shared, int pixels) {
+    const int slots = plane_slots(pixels);
+    u = reinterpret_cast<acc_t *>(shared);
+    dt = u + slots;
+    B = dt + slots;
+    C = B + slots;
+    sum = C + slots;
+    dy = sum + slots;
+  }
+};
+
+// Stages direction k, once every thread has read the previous direction's
+// maps, and returns the map of this thread's steps of its walk with their
+// pixels (-1 past the walk), decays exp(dt A) and drives dt B u (identity
+// steps past the walk).
+template <typename T, typename acc_t>
+__device__ __forceinline__ AffineMap<acc_t> plane_direction_steps(
+    const CrossScanParams &p, const PlaneView &view,
+    const PlaneMaps<acc_t> &maps, int k, acc_t A,
+    int (&pixel)[kCrossPlaneItems], acc_t (&decay)[kCrossPlaneItems],
+    acc_t (&drive)[kCrossPlaneItems]) {
+  __syncthreads();
+  plane_stage_direction<T>(p, view, k, maps.dt, maps.B, maps.C);
+  __syncthreads();
+  plane_walk_pixels(k, threadIdx.x * kCrossPlaneItems, view.height,
+                    view.width, pixel);
+  AffineMap<acc_t> own = identity_map<acc_t>();
+#pragma unroll
+  for (int i = 0; i < kCrossPlaneItems; ++i) {
+    decay[i] = acc_t(1);
+    drive[i] = acc_t(0);
+    if (pixel[i] >= 0) {
+      const int slot = plane_slot(pixel[i]);
+      const acc_t dt = maps.dt[slot];
+      decay[i] = exp_acc(dt * A);
+      drive[i] = dt * maps.B[slot] * maps.u[slot];
+    }
+    own = compose(own, {decay[i], drive[i]});
+  }
+  return own;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
+    cross_plane_fwd_kernel(CrossScanParams p) {
+  using acc_t = typename AccumType<T>::type;
+  constexpr int kItems = kCrossPlaneItems;
+  __shared__ AffineMap<acc_t> warp_totals[kCrossPlaneMaxWarps];
+  extern __shared__ __align__(16) unsigned char cross_plane_fwd_shared[];
+  const PlaneView view(p);
+  const int num_warps = blockDim.x >> 5;
+  const PlaneMaps<acc_t> maps(cross_plane_fwd_shared, view.pixels);
+  acc_t *u_map = maps.u, *C_map = maps.C, *out_map = maps.sum;
+
+  const T *u = static_cast<const T *>(p.u) + view.map_offset();
+  T raw_u[kItems];
+  plane_load(u, view.pixels, raw_u);
+  plane_for_each(view.pixels, [&](int i, int q) {
+    u_map[plane_slot(q)] = to_acc<acc_t>(raw_u[i]);
+    out_map[plane_slot(q)] = acc_t(0);
+  });
+  acc_t D_sum = acc_t(0);
+  int pixel[kItems];
+  for (int k = 0; k < 4; ++k) {
+    const acc_t A = static_cast<const acc_t *>(p.A)[view.weight(k)];
+    if (p.D) D_sum += static_cast<const acc_t *>(p.D)[view.weight(k)];
+    acc_t decay[kItems], drive[kItems];
+    const AffineMap<acc_t> own =
+        plane_direction_steps<T>(p, view, maps, k, A, pixel, decay, drive);
+    // The walk starts from zero, so the state entering this thread's steps
+    // is the offset of the maps before it.
+    acc_t h = block_exclusive_scan<acc_t, false>(own, warp_totals, num_warps).b;
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      h = decay[i] * h + drive[i];
+      if (pixel[i] >= 0) {
+        const int slot = plane_slot(pixel[i]);
+        out_map[slot] += C_map[slot] * h;
+      }
+    }
+  }
+  __syncthreads();
+  acc_t *out = static_cast<acc_t *>(p.out) + view.map_offset();
+  plane_for_each(view.pixels, [&](int, int q) {
+    const int slot = plane_slot(q);
+    out[q] = out_map[slot] + D_sum * u_map[slot];
+  });
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
+    cross_plane_bwd_kernel(CrossScanParams p) {
+  using acc_t = typename AccumType<T>::type;
+  constexpr int kItems = kCrossPlaneItems;
+  __shared__ AffineMap<acc_t> warp_totals[kCrossPlaneMaxWarps];
+  __shared__ double sum_scratch[2 * kCrossPlaneMaxWarps];
+  extern __shared__ __align__(16) unsigned char cross_plane_bwd_shared[];
+  const PlaneView view(p);
+  const int num_warps = blockDim.x >> 5;
+  const PlaneMaps<acc_t> maps(cross_plane_bwd_shared, view.pixels);
+  acc_t *u_map = maps.u, *dt_map = maps.dt, *B_map = maps.B, *C_map = maps.C;
+  acc_t *du_map = maps.sum, *dy_map = maps.dy;
+
+  const long long map_offset = view.map_offset();
+  const T *u = static_cast<const T *>(p.u) + map_offset;
+  const T *dout = static_cast<const T *>(p.dout) + map_offset;
+  // D's gradient, the same for every direction: sum of dy * u.
+  double dD_sum = 0.0;
+  {
+    T raw_u[kItems], raw_dy[kItems];
+    plane_load(u, view.pixels, raw_u);
+    plane_load(dout, view.pixels, raw_dy);
+    plane_for_each(view.pixels, [&](int i, int q) {
+      const int slot = plane_slot(q);
+      const acc_t u_val = to_acc<acc_t>(raw_u[i]);
+      const acc_t dy = to_acc<acc_t>(raw_dy[i]);
+      u_map[slot] = u_val;
+      dy_map[slot] = dy;
+      du_map[slot] = acc_t(0);
+      dD_sum += static_cast<double>(dy * u_val);
+    });
+  }
+  acc_t D_sum = acc_t(0);
+  int pixel[kItems];
+  for (int k = 0; k < 4; ++k) {
+    const int weight = view.weight(k);
+    const acc_t A = static_cast<const acc_t *>(p.A)[weight];
+    if (p.D) D_sum += static_cast<const acc_t *>(p.D)[weight];
+    // h_prev holds the drives until the states are known.
+    acc_t decay[kItems], h_prev[kItems];
+    const AffineMap<acc_t> own =
+        plane_direction_steps<T>(p, view, maps, k, A, pixel, decay, h_prev);
+    acc_t h = block_exclusive_scan<acc_t, false>(own, warp_totals, num_warps).b;
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      const acc_t drive = h_prev[i];
+      h_prev[i] = h;
+      h = decay[i] * h + drive;
+    }
+    // Adjoint r_t = a_t g_t, g_t = C_t dy_t + r_{t+1} = dL/dh_t, zero after
+    // the last step; a thread's map takes the r entering its last step to
+    // the r leaving its first.
+    AffineMap<acc_t> own_adjoint = identity_map<acc_t>();
+#pragma unroll
+    for (int i = kItems - 1; i >= 0; --i) {
+      const acc_t Cdy = pixel[i] >= 0 ? C_map[plane_slot(pixel[i])] *
+                                            dy_map[plane_slot(pixel[i])]
+                                      : acc_t(0);
+      own_adjoint = compose(own_adjoint, {decay[i], decay[i] * Cdy});
+    }
+    acc_t r = block_exclusive_scan<acc_t, true>(own_adjoint, warp_totals,
+                                                num_warps).b;
+    acc_t dA_part = acc_t(0), dbias_part = acc_t(0);
+#pragma unroll
+    for (int i = kItems - 1; i >= 0; --i) {
+      if (pixel[i] < 0) continue;
+      const int slot = plane_slot(pixel[i]);
+      const acc_t dt = dt_map[slot];
+      const acc_t u_val = u_map[slot];
+      const acc_t B = B_map[slot];
+      const acc_t dy = dy_map[slot];
+      const acc_t g = C_map[slot] * dy + r;
+      r = decay[i] * g;
+      const acc_t decayed_prev = decay[i] * h_prev[i];
+      const acc_t ddt = g * (A * decayed_prev + B * u_val);
+      // softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x)).
+      const acc_t ddelta = p.delta_softplus ? -expm1_acc(-dt) * ddt : ddt;
+      dA_part += g * dt * decayed_prev;
+      dbias_part += ddelta;
+      du_map[slot] += g * dt * B;
+      // Only this thread reads or writes these slots in this direction.
+      dt_map[slot] = ddelta;
+      B_map[slot] = g * dt * u_val;
+      C_map[slot] = dy * (decayed_prev + dt * B * u_val);
+    }
+    double dA_sum = dA_part, dbias_sum = dbias_part;
+    plane_block_sum(dA_sum, dbias_sum, sum_scratch);
+    if (threadIdx.x == 0) {
+      atomicAdd(static_cast<acc_t *>(p.dA) + weight, acc_t(dA_sum));
+      if (p.ddelta_bias)
+        atomicAdd(static_cast<acc_t *>(p.ddelta_bias) + weight,
+                  acc_t(dbias_sum));
+    }
+    // (plane_block_sum's barriers order the writes above before these.)
+    T *ddelta = static_cast<T *>(p.ddelta) + view.delta_offset(k);
+    acc_t *dB = static_cast<acc_t *>(p.dB) + view.state_offset(k);
+    acc_t *dC = static_cast<acc_t *>(p.dC) + view.state_offset(k);
+    plane_for_each(view.pixels, [&](int, int q) {
+      const int slot = plane_slot(q);
+      ddelta[q] = from_acc<T>(dt_map[slot]);
+      atomicAdd(dB + q, B_map[slot]);
+      atomicAdd(dC + q, C_map[slot]);
+    });
+  }
+  __syncthreads();
+  acc_t *du = static_cast<acc_t *>(p.du) + map_offset;
+  plane_for_each(view.pixels, [&](int, int q) {
+    const int slot = plane_slot(q);
+    du[q] = du_map[slot] + D_sum * dy_map[slot];
+  });
+  if (p.dD) {
+    double unused = 0.0;
+    plane_block_sum(dD_sum, unused, sum_scratch);
+    if (threadIdx.x == 0) {
+      for (int k = 0; k < 4; ++k)
+        atomicAdd(static_cast<acc_t *>(p.dD) + view.weight(k), acc_t(dD_sum));
+    }
+  }
+}
+
+// Shared memory of the plane kernels, in bytes: five maps forward (u, step
+// sizes, B, C, out), six backward (and dy, du).
+template <typename acc_t>
+int cross_plane_shared_bytes(int pixels, bool backward) {
+  return (backward ? 6 : 5) * plane_slots(pixels) *
+         static_cast<int>(sizeof(acc_t));
+}
+
+template <typename T>
+void cross_plane_launch(const CrossScanParams &p, bool backward) {
+  using acc_t = typename AccumType<T>::type;
+  const int pixels = p.height * p.width;
+  TORCH_CHECK(p.dstate == 1 && pixels <= kCrossPlaneMaxPixels,
+              "cross scan: the plane kernels take one state and maps of at "
+              "most ", kCrossPlaneMaxPixels, " pixels, got N = ", p.dstate,
+              " and ", p.height, " x ", p.width);
+  const dim3 grid(static_cast<unsigned>(p.dim) * p.batch);
+  const dim3 block(cross_plane_threads(pixels));
+  const int bytes = cross_plane_shared_bytes<acc_t>(pixels, backward);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  auto launch = [&](auto kernel) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    kernel<<<grid, block, bytes, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (backward) {
+    launch(cross_plane_bwd_kernel<T>);
+  } else {
+    launch(cross_plane_fwd_kernel<T>);
+  }
+}
+
+}  // namespace mmssm
