@@ -45,6 +45,20 @@ at::Tensor optional_grad(const at::Tensor &grad, const at::Tensor &input) {
   return input.defined() ? grad : at::Tensor();
 }
 
+// Entries 0-5 of a scan's gradients (u, delta, A, B, C, D, the first six
+// of its backward entry point's) in their inputs' dtypes: those of u, B and
+// C come in the accumulation dtype.
+void scan_input_grads(const std::vector<at::Tensor> &g, const at::Tensor &u,
+                      const at::Tensor &B, const at::Tensor &C,
+                      const at::Tensor &D, variable_list &result) {
+  result[0] = dense(g[0], u.scalar_type());
+  result[1] = g[1];
+  result[2] = g[2];
+  result[3] = dense(g[3], B.scalar_type());
+  result[4] = dense(g[4], C.scalar_type());
+  result[5] = optional_grad(g[5], D);
+}
+
 // Saves the op's tensors, marks its outputs other than the first as
 // non-differentiable and leaves their gradients undefined (no zero fill).
 void save(AutogradContext *ctx, const variable_list &tensors,
@@ -106,12 +120,7 @@ struct SelectiveScanFunction
         data.at("backward_threads").toInt(),
         data.at("backward_items").toInt(),
         data.at("backward_kernel").toStringRef());
-    result[0] = dense(g[0], u.scalar_type());
-    result[1] = g[1];
-    result[2] = g[2];
-    result[3] = dense(g[3], B.scalar_type());
-    result[4] = dense(g[4], C.scalar_type());
-    result[5] = optional_grad(g[5], D);
+    scan_input_grads(g, u, B, C, D, result);
     result[6] = optional_grad(g[6], z);
     result[7] = optional_grad(g[7], delta_bias);
     return result;
@@ -151,12 +160,7 @@ struct CrossScanFunction
         optional_input(delta_bias), dense(grads[0], u.scalar_type()),
         saved[7], saved[8], ctx->saved_data.at("delta_softplus").toBool(),
         ctx->saved_data.at("plane").toBool());
-    result[0] = dense(g[0], u.scalar_type());
-    result[1] = g[1];
-    result[2] = g[2];
-    result[3] = dense(g[3], B.scalar_type());
-    result[4] = dense(g[4], C.scalar_type());
-    result[5] = optional_grad(g[5], D);
+    scan_input_grads(g, u, B, C, D, result);
     result[6] = optional_grad(g[6], delta_bias);
     return result;
   }
@@ -257,12 +261,7 @@ struct V2MCornerScanFunction
         optional_input(delta_bias), dense(grads[0], out_type), saved[8],
         data.at("delta_softplus").toBool(), data.at("axis_col").toBool(),
         data.at("backwards_mask").toInt(), merge_corners);
-    result[0] = dense(g[0], u.scalar_type());
-    result[1] = g[1];
-    result[2] = g[2];
-    result[3] = dense(g[3], B.scalar_type());
-    result[4] = dense(g[4], C.scalar_type());
-    result[5] = optional_grad(g[5], D);
+    scan_input_grads(g, u, B, C, D, result);
     result[6] = z.defined() ? dense(g[6], z.scalar_type()) : at::Tensor();
     result[7] = optional_grad(g[7], delta_bias);
     return result;
