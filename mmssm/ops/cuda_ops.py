@@ -34,6 +34,7 @@ with gradients through C++ autograd Functions of the same formulas
 Inputs may be float32, float16, bfloat16 (states and sums in float32) or
 float64 (everything in float64).
 """
+import functools
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -479,7 +480,7 @@ def cross_selective_scan_cuda(u: Tensor,
                              f'{tuple(A.shape)}, got {tuple(tensor.shape)}')
     weights = (_weight(A, accum, 'A'), _weight(D, accum, 'D'),
                _weight(delta_bias, accum, 'delta_bias'))
-    plane = _cross_uses_planes(height, width, num_states)
+    plane = _cross_uses_planes(height, width, num_states, dtype, u.device)
     if plane or _cross_uses_tiles(batch, dim, num_states):
         out, _, _ = _cross_forward(_dense(u),
                                    _dense(delta, dtype), weights[0],
@@ -526,9 +527,35 @@ _CROSS_TILED_MAX_SEQUENCES = 8192
 _CROSS_CHUNK = 16
 
 
-def _cross_uses_planes(height: int, width: int, num_states: int) -> bool:
-    """Whether a cross scan runs on the plane kernels (see above)."""
-    return num_states == 1 and height * width <= _CROSS_PLANE_MAX_PIXELS
+# Shared maps of the plane kernels' backward pass (cross_plane_shared_bytes).
+_CROSS_PLANE_BACKWARD_MAPS = 6
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_memory_per_block(device: torch.device) -> int:
+    """Bytes of shared memory a block may opt in to on ``device``."""
+    properties = torch.cuda.get_device_properties(device)
+    return properties.shared_memory_per_block_optin
+
+
+def _cross_uses_planes(height: int,
+                       width: int,
+                       num_states: int,
+                       dtype: torch.dtype = torch.float32,
+                       device: Optional[torch.device] = None) -> bool:
+    """Whether a cross scan runs on the plane kernels (see above).
+
+    A float32 map of 4096 pixels takes 101 KB of shared memory, which every
+    supported GPU allows; in float64 it takes twice that, more than an
+    sm_80 GPU's 163 KB, so float64 maps are checked against ``device``.
+    """
+    pixels = height * width
+    if num_states != 1 or pixels > _CROSS_PLANE_MAX_PIXELS:
+        return False
+    if dtype != torch.float64:
+        return True
+    needed = _CROSS_PLANE_BACKWARD_MAPS * (pixels + pixels // 32 + 1) * 8
+    return needed <= _shared_memory_per_block(device)
 
 
 def _cross_uses_tiles(batch: int, dim: int, num_states: int) -> bool:

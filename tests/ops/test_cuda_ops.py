@@ -189,6 +189,19 @@ def test_cross_scan_takes_planes_for_one_state_on_small_maps():
 
 
 @pytest.mark.cuda
+def test_cross_scan_planes_in_float64_need_the_shared_memory():
+    # 6 float64 maps of 64 x 64 (+ padding) take 202 800 bytes: an H100
+    # allows them, an A100 (163 KB) does not.
+    device = torch.device('cuda')
+    limit = torch.cuda.get_device_properties(
+        device).shared_memory_per_block_optin
+    assert cuda_ops._cross_uses_planes(64, 64, 1, torch.float64,
+                                       device) == (202800 <= limit)
+    assert cuda_ops._cross_uses_planes(64, 64, 1, torch.float32, device)
+    assert cuda_ops._cross_uses_planes(28, 28, 1, torch.float64, device)
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize('dtype', ALL_DTYPES)
 @pytest.mark.parametrize('height,width', [(1, 1), (1, 7), (9, 1), (6, 9),
                                           (13, 23), (37, 31)])

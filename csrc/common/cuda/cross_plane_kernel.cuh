@@ -448,6 +448,11 @@ void cross_plane_launch(const CrossScanParams &p, bool backward) {
   const dim3 grid(static_cast<unsigned>(p.dim) * p.batch);
   const dim3 block(cross_plane_threads(pixels));
   const int bytes = cross_plane_shared_bytes<acc_t>(pixels, backward);
+  const int limit = static_cast<int>(
+      at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
+  TORCH_CHECK(bytes <= limit, "cross scan: the plane kernels need ", bytes,
+              " bytes of shared memory for a ", p.height, " x ", p.width,
+              " map of this dtype, and this GPU allows ", limit);
   const auto stream = at::cuda::getCurrentCUDAStream();
   auto launch = [&](auto kernel) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(
