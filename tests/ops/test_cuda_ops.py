@@ -188,6 +188,17 @@ def test_cross_scan_takes_planes_for_one_state_on_small_maps():
     assert not cuda_ops._cross_uses_planes(56, 56, 2)  # two states
 
 
+def test_cross_scan_planes_in_float64_follow_the_shared_memory(monkeypatch):
+    # Backward, 6 float64 maps of 64 x 64 (+ padding) take 202 800 bytes.
+    a100, h100 = 166912, 232448
+    monkeypatch.setattr(cuda_ops, '_shared_memory_per_block', lambda _: a100)
+    assert not cuda_ops._cross_uses_planes(64, 64, 1, torch.float64, 'cuda')
+    assert cuda_ops._cross_uses_planes(52, 52, 1, torch.float64, 'cuda')
+    assert cuda_ops._cross_uses_planes(64, 64, 1, torch.float32, 'cuda')
+    monkeypatch.setattr(cuda_ops, '_shared_memory_per_block', lambda _: h100)
+    assert cuda_ops._cross_uses_planes(64, 64, 1, torch.float64, 'cuda')
+
+
 @pytest.mark.cuda
 def test_cross_scan_planes_in_float64_need_the_shared_memory():
     # 6 float64 maps of 64 x 64 (+ padding) take 202 800 bytes: an H100
