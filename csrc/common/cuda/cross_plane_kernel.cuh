@@ -440,11 +440,9 @@ int cross_plane_shared_bytes(int pixels, bool backward) {
 template <typename T>
 void cross_plane_launch(const CrossScanParams &p, bool backward) {
   using acc_t = typename AccumType<T>::type;
+  // make_cross_params (csrc/pytorch/cross_scan.cpp) has checked the state
+  // size and the map size of a plane call.
   const int pixels = p.height * p.width;
-  TORCH_CHECK(p.dstate == 1 && pixels <= kCrossPlaneMaxPixels,
-              "cross scan: the plane kernels take one state and maps of at "
-              "most ", kCrossPlaneMaxPixels, " pixels, got N = ", p.dstate,
-              " and ", p.height, " x ", p.width);
   const dim3 grid(static_cast<unsigned>(p.dim) * p.batch);
   const dim3 block(cross_plane_threads(pixels));
   const int bytes = cross_plane_shared_bytes<acc_t>(pixels, backward);
