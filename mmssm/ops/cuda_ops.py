@@ -527,8 +527,10 @@ _CROSS_TILED_MAX_SEQUENCES = 8192
 _CROSS_CHUNK = 16
 
 
-# Shared maps of the plane kernels' backward pass (cross_plane_shared_bytes).
+# Shared maps of the plane kernels' backward pass, and steps of a walk per
+# thread (cross_plane_shared_bytes, kCrossPlaneItems).
 _CROSS_PLANE_BACKWARD_MAPS = 6
+_CROSS_PLANE_ITEMS = 8
 
 
 @functools.lru_cache(maxsize=None)
@@ -554,7 +556,11 @@ def _cross_uses_planes(height: int,
         return False
     if dtype != torch.float64:
         return True
-    needed = _CROSS_PLANE_BACKWARD_MAPS * (pixels + pixels // 32 + 1) * 8
+    # Each map covers the steps of the block's threads (whole warps of
+    # _CROSS_PLANE_ITEMS steps each), plus a padding slot per 32.
+    steps = _CROSS_PLANE_ITEMS * 32
+    cover = (pixels + steps - 1) // steps * steps
+    needed = _CROSS_PLANE_BACKWARD_MAPS * (cover + cover // 32 + 1) * 8
     return needed <= _shared_memory_per_block(device)
 
 

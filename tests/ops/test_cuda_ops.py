@@ -194,6 +194,10 @@ def test_cross_scan_planes_in_float64_follow_the_shared_memory(monkeypatch):
     monkeypatch.setattr(cuda_ops, '_shared_memory_per_block', lambda _: a100)
     assert not cuda_ops._cross_uses_planes(64, 64, 1, torch.float64, 'cuda')
     assert cuda_ops._cross_uses_planes(52, 52, 1, torch.float64, 'cuda')
+    # Maps cover whole warps of 8 steps a thread: 57 x 58 = 3306 pixels take
+    # 3328 steps (164 784 bytes), 58 x 58 = 3364 take 3584 (177 456 bytes).
+    assert cuda_ops._cross_uses_planes(57, 58, 1, torch.float64, 'cuda')
+    assert not cuda_ops._cross_uses_planes(58, 58, 1, torch.float64, 'cuda')
     assert cuda_ops._cross_uses_planes(64, 64, 1, torch.float32, 'cuda')
     monkeypatch.setattr(cuda_ops, '_shared_memory_per_block', lambda _: h100)
     assert cuda_ops._cross_uses_planes(64, 64, 1, torch.float64, 'cuda')

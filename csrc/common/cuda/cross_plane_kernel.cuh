@@ -58,24 +58,37 @@ inline int cross_plane_threads(int pixels) {
   return (owners + 31) / 32 * 32;
 }
 
-// The pixels of this thread's steps of direction k's walk (-1 past the
-// walk): rows for even k, columns for odd k, from the last pixel for
-// k >= 2 (the order of cross_position), without a division per step.
-__device__ __forceinline__ void plane_walk_pixels(
+// Steps a block of `threads` threads covers: kCrossPlaneItems each, at
+// least the map's pixels. Steps t past the map (pixels <= t < cover) keep
+// zeros at slot plane_slot(t) of every map, so that they pass a walk's
+// state on unchanged, and each belongs to one thread: every step of a walk,
+// those included, has a slot of its own, and no step needs a branch.
+__host__ __device__ constexpr int plane_cover(int threads) {
+  return threads * kCrossPlaneItems;
+}
+
+// The slots of this thread's steps of direction k's walk: rows for even k,
+// columns for odd k, from the last pixel for k >= 2 (the order of
+// cross_position), without a division per step.
+__device__ __forceinline__ void plane_walk_slots(
     int direction, int first, int height, int width,
-    int (&pixel)[kCrossPlaneItems]) {
+    int (&slot)[kCrossPlaneItems]) {
   const int pixels = height * width;
   const bool reverse = direction >= 2;
-  if (first >= pixels) {
+  if (first >= pixels || direction == 0) {
+    // Past the map, and along the rows forwards, step t is at slot(t);
+    // first is a multiple of kCrossPlaneItems, which divides 32, so the
+    // steps share one padding count.
+    static_assert(32 % kCrossPlaneItems == 0, "steps must share a padding");
 #pragma unroll
-    for (int i = 0; i < kCrossPlaneItems; ++i) pixel[i] = -1;
+    for (int i = 0; i < kCrossPlaneItems; ++i) slot[i] = plane_slot(first) + i;
     return;
   }
-  if ((direction & 1) == 0) {
+  if (direction == 2) {
 #pragma unroll
     for (int i = 0; i < kCrossPlaneItems; ++i) {
       const int t = first + i;
-      pixel[i] = t < pixels ? (reverse ? pixels - 1 - t : t) : -1;
+      slot[i] = plane_slot(t < pixels ? pixels - 1 - t : t);
     }
     return;
   }
@@ -84,7 +97,8 @@ __device__ __forceinline__ void plane_walk_pixels(
   int row = s % height, col = s / height;
 #pragma unroll
   for (int i = 0; i < kCrossPlaneItems; ++i) {
-    pixel[i] = first + i < pixels ? row * width + col : -1;
+    const int t = first + i;
+    slot[i] = plane_slot(t < pixels ? row * width + col : t);
     if (reverse) {
       if (--row < 0) {
         row = height - 1;
@@ -169,17 +183,27 @@ __device__ __forceinline__ void plane_for_each(int pixels, Visit visit) {
   }
 }
 
+// Calls visit(i, q) for every step q of the block's cover in a coalesced
+// pass (see plane_for_each), past the map too, without a branch.
+template <typename Visit>
+__device__ __forceinline__ void plane_for_each_step(Visit visit) {
+#pragma unroll
+  for (int i = 0; i < kCrossPlaneItems; ++i)
+    visit(i, static_cast<int>(threadIdx.x + i * blockDim.x));
+}
+
 // Loads this thread's elements of a coalesced pass over a map (see
 // plane_for_each), all issued before any is used: with one load in flight
 // per thread the staging waited a memory latency per pixel. Past the map a
-// thread reloads its last pixel, so every load is unconditional.
+// thread loads zero.
 template <typename T>
 __device__ __forceinline__ void plane_load(const T *map, int pixels,
                                            T (&values)[kCrossPlaneItems]) {
 #pragma unroll
-  for (int i = 0; i < kCrossPlaneItems; ++i)
-    values[i] = map[min(static_cast<int>(threadIdx.x + i * blockDim.x),
-                        pixels - 1)];
+  for (int i = 0; i < kCrossPlaneItems; ++i) {
+    const int q = threadIdx.x + i * blockDim.x;
+    values[i] = q < pixels ? map[q] : T(0);
+  }
 }
 
 // Stages direction k's step sizes, B and C into shared maps.
@@ -198,10 +222,11 @@ __device__ __forceinline__ void plane_stage_direction(
   plane_load(delta, view.pixels, raw_delta);
   plane_load(B, view.pixels, raw_B);
   plane_load(C, view.pixels, raw_C);
-  plane_for_each(view.pixels, [&](int i, int q) {
+  plane_for_each_step([&](int i, int q) {
     const int slot = plane_slot(q);
     const acc_t raw = to_acc<acc_t>(raw_delta[i]) + bias;
-    dt_map[slot] = p.delta_softplus ? softplus(raw) : raw;
+    const acc_t dt = p.delta_softplus ? softplus(raw) : raw;
+    dt_map[slot] = q < view.pixels ? dt : acc_t(0);
     B_map[slot] = to_acc<acc_t>(raw_B[i]);
     C_map[slot] = to_acc<acc_t>(raw_C[i]);
   });
@@ -211,7 +236,7 @@ __device__ __forceinline__ void plane_stage_direction(
 // map (65 KB forward, 78 KB backward in float) allows two to three.
 constexpr int kCrossPlaneMinBlocks = 2;
 
-// The block's shared maps, plane_slots(pixels) apart: u, the step sizes, B,
+// The block's shared maps, plane_slots of the block's cover apart: u, the step sizes, B,
 // C, the sum over directions (out forward, du backward) and, backward
 // only, dy. Backward, the step-size, B and C maps are overwritten with
 // ddelta, dB and dC.
@@ -219,8 +244,8 @@ template <typename acc_t>
 struct PlaneMaps {
   acc_t *u, *dt, *B, *C, *sum, *dy;
 
-  __device__ PlaneMaps(unsigned char *shared, int pixels) {
-    const int slots = plane_slots(pixels);
+  __device__ explicit PlaneMaps(unsigned char *shared) {
+    const int slots = plane_slots(plane_cover(blockDim.x));
     u = reinterpret_cast<acc_t *>(shared);
     dt = u + slots;
     B = dt + slots;
@@ -232,30 +257,25 @@ struct PlaneMaps {
 
 // Stages direction k, once every thread has read the previous direction's
 // maps, and returns the map of this thread's steps of its walk with their
-// pixels (-1 past the walk), decays exp(dt A) and drives dt B u (identity
-// steps past the walk).
+// slots, decays exp(dt A) and drives dt B u (identity steps past the walk,
+// whose step sizes and u are zero).
 template <typename T, typename acc_t>
 __device__ __forceinline__ AffineMap<acc_t> plane_direction_steps(
     const CrossScanParams &p, const PlaneView &view,
     const PlaneMaps<acc_t> &maps, int k, acc_t A,
-    int (&pixel)[kCrossPlaneItems], acc_t (&decay)[kCrossPlaneItems],
+    int (&slot)[kCrossPlaneItems], acc_t (&decay)[kCrossPlaneItems],
     acc_t (&drive)[kCrossPlaneItems]) {
   __syncthreads();
   plane_stage_direction<T>(p, view, k, maps.dt, maps.B, maps.C);
   __syncthreads();
-  plane_walk_pixels(k, threadIdx.x * kCrossPlaneItems, view.height,
-                    view.width, pixel);
+  plane_walk_slots(k, threadIdx.x * kCrossPlaneItems, view.height,
+                   view.width, slot);
   AffineMap<acc_t> own = identity_map<acc_t>();
 #pragma unroll
   for (int i = 0; i < kCrossPlaneItems; ++i) {
-    decay[i] = acc_t(1);
-    drive[i] = acc_t(0);
-    if (pixel[i] >= 0) {
-      const int slot = plane_slot(pixel[i]);
-      const acc_t dt = maps.dt[slot];
-      decay[i] = exp_acc(dt * A);
-      drive[i] = dt * maps.B[slot] * maps.u[slot];
-    }
+    const acc_t dt = maps.dt[slot[i]];
+    decay[i] = exp_acc(dt * A);
+    drive[i] = dt * maps.B[slot[i]] * maps.u[slot[i]];
     own = compose(own, {decay[i], drive[i]});
   }
   return own;
@@ -270,34 +290,31 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
   extern __shared__ __align__(16) unsigned char cross_plane_fwd_shared[];
   const PlaneView view(p);
   const int num_warps = blockDim.x >> 5;
-  const PlaneMaps<acc_t> maps(cross_plane_fwd_shared, view.pixels);
+  const PlaneMaps<acc_t> maps(cross_plane_fwd_shared);
   acc_t *u_map = maps.u, *C_map = maps.C, *out_map = maps.sum;
 
   const T *u = static_cast<const T *>(p.u) + view.map_offset();
   T raw_u[kItems];
   plane_load(u, view.pixels, raw_u);
-  plane_for_each(view.pixels, [&](int i, int q) {
+  plane_for_each_step([&](int i, int q) {
     u_map[plane_slot(q)] = to_acc<acc_t>(raw_u[i]);
     out_map[plane_slot(q)] = acc_t(0);
   });
   acc_t D_sum = acc_t(0);
-  int pixel[kItems];
+  int slot[kItems];
   for (int k = 0; k < 4; ++k) {
     const acc_t A = static_cast<const acc_t *>(p.A)[view.weight(k)];
     if (p.D) D_sum += static_cast<const acc_t *>(p.D)[view.weight(k)];
     acc_t decay[kItems], drive[kItems];
     const AffineMap<acc_t> own =
-        plane_direction_steps<T>(p, view, maps, k, A, pixel, decay, drive);
+        plane_direction_steps<T>(p, view, maps, k, A, slot, decay, drive);
     // The walk starts from zero, so the state entering this thread's steps
     // is the offset of the maps before it.
     acc_t h = block_exclusive_scan<acc_t, false>(own, warp_totals, num_warps).b;
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       h = decay[i] * h + drive[i];
-      if (pixel[i] >= 0) {
-        const int slot = plane_slot(pixel[i]);
-        out_map[slot] += C_map[slot] * h;
-      }
+      out_map[slot[i]] += C_map[slot[i]] * h;
     }
   }
   __syncthreads();
@@ -318,7 +335,7 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
   extern __shared__ __align__(16) unsigned char cross_plane_bwd_shared[];
   const PlaneView view(p);
   const int num_warps = blockDim.x >> 5;
-  const PlaneMaps<acc_t> maps(cross_plane_bwd_shared, view.pixels);
+  const PlaneMaps<acc_t> maps(cross_plane_bwd_shared);
   acc_t *u_map = maps.u, *dt_map = maps.dt, *B_map = maps.B, *C_map = maps.C;
   acc_t *du_map = maps.sum, *dy_map = maps.dy;
 
@@ -331,7 +348,7 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
     T raw_u[kItems], raw_dy[kItems];
     plane_load(u, view.pixels, raw_u);
     plane_load(dout, view.pixels, raw_dy);
-    plane_for_each(view.pixels, [&](int i, int q) {
+    plane_for_each_step([&](int i, int q) {
       const int slot = plane_slot(q);
       const acc_t u_val = to_acc<acc_t>(raw_u[i]);
       const acc_t dy = to_acc<acc_t>(raw_dy[i]);
@@ -342,7 +359,7 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
     });
   }
   acc_t D_sum = acc_t(0);
-  int pixel[kItems];
+  int slot[kItems];
   for (int k = 0; k < 4; ++k) {
     const int weight = view.weight(k);
     const acc_t A = static_cast<const acc_t *>(p.A)[weight];
@@ -350,7 +367,7 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
     // h_prev holds the drives until the states are known.
     acc_t decay[kItems], h_prev[kItems];
     const AffineMap<acc_t> own =
-        plane_direction_steps<T>(p, view, maps, k, A, pixel, decay, h_prev);
+        plane_direction_steps<T>(p, view, maps, k, A, slot, decay, h_prev);
     acc_t h = block_exclusive_scan<acc_t, false>(own, warp_totals, num_warps).b;
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
@@ -364,9 +381,7 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
     AffineMap<acc_t> own_adjoint = identity_map<acc_t>();
 #pragma unroll
     for (int i = kItems - 1; i >= 0; --i) {
-      const acc_t Cdy = pixel[i] >= 0 ? C_map[plane_slot(pixel[i])] *
-                                            dy_map[plane_slot(pixel[i])]
-                                      : acc_t(0);
+      const acc_t Cdy = C_map[slot[i]] * dy_map[slot[i]];
       own_adjoint = compose(own_adjoint, {decay[i], decay[i] * Cdy});
     }
     acc_t r = block_exclusive_scan<acc_t, true>(own_adjoint, warp_totals,
@@ -374,13 +389,12 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
     acc_t dA_part = acc_t(0), dbias_part = acc_t(0);
 #pragma unroll
     for (int i = kItems - 1; i >= 0; --i) {
-      if (pixel[i] < 0) continue;
-      const int slot = plane_slot(pixel[i]);
-      const acc_t dt = dt_map[slot];
-      const acc_t u_val = u_map[slot];
-      const acc_t B = B_map[slot];
-      const acc_t dy = dy_map[slot];
-      const acc_t g = C_map[slot] * dy + r;
+      const int at = slot[i];
+      const acc_t dt = dt_map[at];
+      const acc_t u_val = u_map[at];
+      const acc_t B = B_map[at];
+      const acc_t dy = dy_map[at];
+      const acc_t g = C_map[at] * dy + r;
       r = decay[i] * g;
       const acc_t decayed_prev = decay[i] * h_prev[i];
       const acc_t ddt = g * (A * decayed_prev + B * u_val);
@@ -388,11 +402,11 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
       const acc_t ddelta = p.delta_softplus ? -expm1_acc(-dt) * ddt : ddt;
       dA_part += g * dt * decayed_prev;
       dbias_part += ddelta;
-      du_map[slot] += g * dt * B;
+      du_map[at] += g * dt * B;
       // Only this thread reads or writes these slots in this direction.
-      dt_map[slot] = ddelta;
-      B_map[slot] = g * dt * u_val;
-      C_map[slot] = dy * (decayed_prev + dt * B * u_val);
+      dt_map[at] = ddelta;
+      B_map[at] = g * dt * u_val;
+      C_map[at] = dy * (decayed_prev + dt * B * u_val);
     }
     double dA_sum = dA_part, dbias_sum = dbias_part;
     plane_block_sum(dA_sum, dbias_sum, sum_scratch);
@@ -430,10 +444,12 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
 }
 
 // Shared memory of the plane kernels, in bytes: five maps forward (u, step
-// sizes, B, C, out), six backward (and dy, du).
+// sizes, B, C, out), six backward (and dy, du), each covering the steps of
+// the block's threads.
 template <typename acc_t>
 int cross_plane_shared_bytes(int pixels, bool backward) {
-  return (backward ? 6 : 5) * plane_slots(pixels) *
+  return (backward ? 6 : 5) *
+         plane_slots(plane_cover(cross_plane_threads(pixels))) *
          static_cast<int>(sizeof(acc_t));
 }
 
