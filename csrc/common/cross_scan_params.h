@@ -41,11 +41,13 @@ constexpr int kCrossPlaneMaxThreads = 512;
 //   chunk_states: (batch, 4, dim, dstate, max_chunks, max_lines), the state
 //     before each chunk of kCrossChunk positions of a line
 // The plane kernels recompute every state in the backward pass: they save
-// nothing (max_lines and max_chunks are 0) and write out and du whole.
+// nothing (max_lines and max_chunks are 0) and write out and du whole, in
+// the input element type (the tiled kernels add directions into them, in
+// the accumulation type).
 //
-// Pointers to weights, per-line and per-chunk buffers, out, du, dB and dC
-// point to the accumulation type (float, or double for double inputs); the
-// others to the input element type.
+// Pointers to weights, per-line and per-chunk buffers, dB and dC, and the
+// tiled kernels' out and du, point to the accumulation type (float, or
+// double for double inputs); the others to the input element type.
 struct CrossScanParams {
   int batch = 0;
   int dim = 0;

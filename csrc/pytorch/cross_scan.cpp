@@ -132,11 +132,11 @@ std::vector<at::Tensor> cross_scan_forward(
   const c10::cuda::CUDAGuard device_guard(u.device());
   const auto acc_options = u.options().dtype(accum_type(u.scalar_type()));
   // The tiled kernels add the four directions' outputs into one map; the
-  // plane kernels write it whole. The saved buffers are sized for the
+  // plane kernels write it whole, in u's dtype. The saved buffers are sized for the
   // longer axis; zeroed, their entries past the shorter axis's lines and
   // chunks are defined (the op's outputs are deterministic wherever no
   // atomic sum is involved).
-  at::Tensor out = plane ? at::empty(u.sizes(), acc_options)
+  at::Tensor out = plane ? at::empty(u.sizes(), u.options())
                          : at::zeros(u.sizes(), acc_options);
   at::Tensor line_states = at::empty(line_shape(params), acc_options);
   const auto saved = carve({line_dt_shape(params), chunk_states_shape(params)},
@@ -168,8 +168,9 @@ std::vector<at::Tensor> cross_scan_backward(
   const c10::cuda::CUDAGuard device_guard(u.device());
   const auto acc_options = u.options().dtype(acc);
   // u (in the tiled kernels), B, C and the weights collect the gradients of
-  // several directions, channels or blocks.
-  at::Tensor du = plane ? at::empty(u.sizes(), acc_options)
+  // several directions, channels or blocks; the plane kernels write du
+  // whole, in u's dtype.
+  at::Tensor du = plane ? at::empty(u.sizes(), u.options())
                         : at::zeros(u.sizes(), acc_options);
   at::Tensor ddelta = at::empty_like(delta);
   // One allocation per group of gradients alike in dtype and lifetime.

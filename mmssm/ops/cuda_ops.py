@@ -578,7 +578,9 @@ def _cross_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     """Plane (``plane``) or tiled kernels' forward; returns (out, chunk
     states, line step sums), the last two empty for the plane kernels.
 
-    ``out`` is in the accumulation dtype (float32, or float64).
+    ``out`` is in u's dtype from the plane kernels, which write it whole,
+    and in the accumulation dtype (float32, or float64) from the tiled
+    ones, which add the directions into it.
     """
     out, chunk_states, line_dt = _extension().cross_scan_forward(
         u, delta, A, B, C, D, delta_bias, delta_softplus, plane)
@@ -601,7 +603,7 @@ def _cross_forward_fake(u, delta, A, B, C, D, delta_bias, delta_softplus,
                         plane):
     accum = _accum_dtype(u.dtype)
     chunk_shape, line_shape = _cross_buffer_shapes(u, A, plane)
-    return (u.new_empty(u.shape, dtype=accum),
+    return (u.new_empty(u.shape, dtype=u.dtype if plane else accum),
             u.new_empty(chunk_shape, dtype=accum),
             u.new_empty(line_shape, dtype=accum))
 
@@ -612,8 +614,9 @@ def _cross_backward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                     dout: Tensor, chunk_states: Tensor, line_dt: Tensor,
                     delta_softplus: bool, plane: bool) -> list[Tensor]:
     """Plane or tiled kernels' backward; returns (du, ddelta, dA, dB, dC,
-    dD, ddelta_bias), du, dB and dC in the accumulation dtype; absent
-    optional inputs get empty gradients."""
+    dD, ddelta_bias), dB and dC in the accumulation dtype, du in it from
+    the tiled kernels and in u's dtype from the plane kernels (as out);
+    absent optional inputs get empty gradients."""
     return list(_extension().cross_scan_backward(
         u, delta, A, B, C, D, delta_bias, dout, chunk_states, line_dt,
         delta_softplus, plane))
@@ -625,7 +628,7 @@ def _cross_backward_fake(u, delta, A, B, C, D, delta_bias, dout,
     accum = _accum_dtype(u.dtype)
     empty = u.new_empty(0, dtype=accum)
     return [
-        u.new_empty(u.shape, dtype=accum),
+        u.new_empty(u.shape, dtype=u.dtype if plane else accum),
         torch.empty_like(delta),
         A.new_empty(A.shape),
         B.new_empty(B.shape, dtype=accum),

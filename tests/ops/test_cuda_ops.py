@@ -219,9 +219,11 @@ def test_cross_scan_planes_in_float64_need_the_shared_memory():
 @pytest.mark.cuda
 @pytest.mark.parametrize('dtype', ALL_DTYPES)
 @pytest.mark.parametrize('height,width', [(1, 1), (1, 7), (9, 1), (6, 9),
-                                          (13, 23), (37, 31)])
+                                          (13, 23), (37, 31), (4, 6),
+                                          (8, 13)])
 def test_cross_scan_planes_match_reference(dtype, height, width):
-    # Partial warps and threads, one-pixel lines, non-square maps.
+    # Partial warps and threads, one-pixel lines, non-square maps; maps of a
+    # multiple of 8 pixels (4 x 6, 8 x 13) take the vector accesses.
     assert cuda_ops._cross_uses_planes(height, width, 1)
     inputs = cross_inputs(2, 3, height, width, 1, contiguous=height > 1)
     errors = errors_against_reference(
@@ -247,6 +249,42 @@ def test_cross_scan_large_planes_match_pytorch_path(batch, dim, height,
         for name, value in cross_inputs(batch, dim, height, width, 1).items()
     }
     assert_cross_kernels_match_pytorch_path(inputs)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('dtype', [torch.float16, torch.float32])
+def test_cross_scan_planes_take_unaligned_tensors(dtype):
+    # A map of 48 pixels takes vector accesses only where every tensor is
+    # 16-byte aligned; the same values 2 or 4 bytes past an aligned address
+    # take single accesses and give the same outputs and gradients.
+    def unaligned(tensor: Tensor) -> Tensor:
+        storage = torch.empty(tensor.numel() + 1, dtype=dtype,
+                              device=tensor.device)
+        view = storage[1:].view(tensor.shape)
+        view.copy_(tensor)
+        return view.detach().requires_grad_(tensor.requires_grad)
+
+    inputs = cross_inputs(2, 3, 6, 8, 1)
+    aligned = {
+        name: value.to(dtype).detach().requires_grad_()
+        if name in ('u', 'delta', 'B', 'C') else value.detach().requires_grad_()
+        for name, value in inputs.items()
+    }
+    offset = {
+        name: unaligned(value) if name in ('u', 'delta', 'B', 'C') else
+        value.detach().clone().requires_grad_()
+        for name, value in aligned.items()
+    }
+    assert offset['u'].data_ptr() % 16 != 0
+    results = []
+    for scan_inputs in (aligned, offset):
+        out = cuda_ops.cross_selective_scan_cuda(**scan_inputs,
+                                                 delta_softplus=True)
+        grads = torch.autograd.grad(out, list(scan_inputs.values()),
+                                    torch.ones_like(out))
+        results.append([out, *grads])
+    for expected, actual in zip(*results):
+        torch.testing.assert_close(actual, expected)
 
 
 @pytest.mark.cuda
@@ -452,12 +490,13 @@ def test_tiled_cross_scan_sanitizer_clean(tool):
 @pytest.mark.parametrize('tool', ['memcheck', 'racecheck', 'synccheck'])
 def test_plane_cross_scan_sanitizer_clean(tool):
     # A partial last warp (37 x 21: 98 owners in 4 warps), a one-warp map,
-    # and the largest map in bfloat16: every staging, scan and store path.
+    # a partial warp of vector runs (10 x 20) and the largest map in
+    # bfloat16: every staging, scan and store path.
     script = (
         'import torch\n'
         'from mmssm.ops import cuda_ops\n'
         'for h, w, dt in ((37, 21, torch.float32), (3, 5, torch.float32),\n'
-        '                 (64, 64, torch.bfloat16)):\n'
+        '                 (10, 20, torch.float32), (64, 64, torch.bfloat16)):\n'
         '    x = torch.randn(2, 3, h, w, device="cuda", dtype=dt)\n'
         '    x.requires_grad_()\n'
         '    d = torch.randn(2, 4, 3, h, w, device="cuda", dtype=dt)\n'

@@ -8,7 +8,9 @@
 //
 // Design, and why:
 // - A block holds its whole map in shared memory (u, and per direction the
-//   step sizes, B and C), staged with coalesced loads along the rows. Each
+//   step sizes, B and C), staged along the rows: a thread loads a run of
+//   kCrossPlaneItems consecutive pixels with one vector load where the
+//   map's size and alignment allow, else single coalesced loads. Each
 //   thread then owns kCrossPlaneItems consecutive steps of a direction's
 //   walk, reads them from shared memory in that direction's order (rows or
 //   columns, forwards or backwards: direction by indexing, nothing
@@ -18,9 +20,11 @@
 // - The four outputs are summed in a shared float map that each direction's
 //   owners add to between barriers, then stored once: no atomics and no
 //   (B, 4, D, H * W) copy. The backward pass sums du the same way and
-//   writes ddelta, dB and dC through shared memory with coalesced stores
-//   (dB and dC with one atomic per pixel and channel: every channel of a
-//   batch element shares them).
+//   writes ddelta, dB and dC through shared memory, as the loads (dB and
+//   dC with atomics, float4 ones on sm_90: every channel of a batch
+//   element adds into them).
+// - Steps past the map keep zeros in shared memory, so no step of a walk
+//   needs a branch (plane_cover).
 // - The backward pass recomputes the states with the same block scan, so
 //   the forward pass saves nothing.
 #pragma once
@@ -28,9 +32,12 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
+#include <cstdint>
+#include <type_traits>
+
 #include "cross_scan_params.h"
 // AccumType, AffineMap, block_exclusive_scan, compose, exp_acc,
-// expm1_acc, softplus, to_acc and from_acc.
+// expm1_acc, softplus, to_acc, from_acc and warp_sum.
 #include "selective_scan_kernel.cuh"
 
 namespace mmssm {
@@ -111,28 +118,12 @@ __device__ __forceinline__ void plane_walk_slots(
   }
 }
 
-// Sums two values over the block (in double: they collect a whole map);
-// thread 0 gets the sums. Contains two __syncthreads().
-__device__ __forceinline__ void plane_block_sum(double &first, double &second,
-                                                double *scratch) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    first += __shfl_xor_sync(0xffffffffu, first, offset);
-    second += __shfl_xor_sync(0xffffffffu, second, offset);
-  }
-  const int warp = threadIdx.x >> 5;
-  if ((threadIdx.x & 31) == 0) {
-    scratch[2 * warp] = first;
-    scratch[2 * warp + 1] = second;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w) {
-      first += scratch[2 * w];
-      second += scratch[2 * w + 1];
-    }
-  }
-  __syncthreads();
+// Adds this thread's value, summed over its warp, into *target: one atomic
+// per warp, where a block sum cost two barriers and a serial loop.
+template <typename acc_t>
+__device__ __forceinline__ void warp_sum_add(acc_t *target, acc_t value) {
+  value = warp_sum(value);
+  if ((threadIdx.x & 31) == 0) atomicAdd(target, value);
 }
 
 // One block's map. Consecutive blocks take consecutive batch elements of a
@@ -171,43 +162,109 @@ struct PlaneView {
   }
 };
 
-// Calls visit(i, q) for this thread's pixels q of a coalesced pass over the
-// map, q = threadIdx.x + i * blockDim.x: at most kCrossPlaneItems of them,
-// as the block has a thread per kCrossPlaneItems pixels.
-template <typename Visit>
-__device__ __forceinline__ void plane_for_each(int pixels, Visit visit) {
+// A thread's run of kCrossPlaneItems consecutive elements of a map, read
+// or written with vector accesses (16 to 64 bytes, 16-byte aligned).
+template <typename T>
+struct alignas(16) PlaneRun {
+  T values[kCrossPlaneItems];
+};
+
+// Passes over a map (staging inputs, storing outputs) give a thread
+// kCrossPlaneItems steps q. With kVector, its run of consecutive pixels
+// from threadIdx.x * kCrossPlaneItems, read or written with one vector
+// access: for maps of a multiple of kCrossPlaneItems pixels whose tensors
+// are 16-byte aligned (cross_plane_vector). Else q = threadIdx.x + i *
+// blockDim.x, for coalesced single accesses. Either way the block's steps
+// cover its cover once.
+template <bool kVector>
+__device__ __forceinline__ int plane_pass_step(int i) {
+  return kVector ? static_cast<int>(threadIdx.x) * kCrossPlaneItems + i
+                 : static_cast<int>(threadIdx.x + i * blockDim.x);
+}
+
+// Calls visit(i, q, slot) for step i of this thread's share of a pass, at
+// pixel (or step past the map) q and its shared-memory slot. A run's steps
+// share one padding count (see plane_walk_slots).
+template <bool kVector, typename Visit>
+__device__ __forceinline__ void plane_for_each_step(Visit visit) {
 #pragma unroll
   for (int i = 0; i < kCrossPlaneItems; ++i) {
-    const int q = threadIdx.x + i * blockDim.x;
-    if (q < pixels) visit(i, q);
+    const int q = plane_pass_step<kVector>(i);
+    visit(i, q,
+          kVector ? plane_slot(plane_pass_step<true>(0)) + i : plane_slot(q));
   }
 }
 
-// Calls visit(i, q) for every step q of the block's cover in a coalesced
-// pass (see plane_for_each), past the map too, without a branch.
-template <typename Visit>
-__device__ __forceinline__ void plane_for_each_step(Visit visit) {
-#pragma unroll
-  for (int i = 0; i < kCrossPlaneItems; ++i)
-    visit(i, static_cast<int>(threadIdx.x + i * blockDim.x));
-}
-
-// Loads this thread's elements of a coalesced pass over a map (see
-// plane_for_each), all issued before any is used: with one load in flight
-// per thread the staging waited a memory latency per pixel. Past the map a
-// thread loads zero.
-template <typename T>
+// Loads this thread's elements of a pass over a map, all issued before any
+// is used: with one load in flight per thread the staging waited a memory
+// latency per pixel. Past the map a thread loads zero.
+template <bool kVector, typename T>
 __device__ __forceinline__ void plane_load(const T *map, int pixels,
                                            T (&values)[kCrossPlaneItems]) {
+  if constexpr (kVector) {
+    // A run lies wholly inside the map or wholly past it.
+    const int first = plane_pass_step<true>(0);
+    PlaneRun<T> run{};
+    if (first < pixels)
+      run = *reinterpret_cast<const PlaneRun<T> *>(map + first);
+#pragma unroll
+    for (int i = 0; i < kCrossPlaneItems; ++i) values[i] = run.values[i];
+  } else {
+#pragma unroll
+    for (int i = 0; i < kCrossPlaneItems; ++i) {
+      const int q = plane_pass_step<false>(i);
+      values[i] = q < pixels ? map[q] : T(0);
+    }
+  }
+}
+
+// Stores this thread's elements of a pass over a map, those in the map.
+template <bool kVector, typename T>
+__device__ __forceinline__ void plane_store(
+    T *map, int pixels, const T (&values)[kCrossPlaneItems]) {
+  if constexpr (kVector) {
+    const int first = plane_pass_step<true>(0);
+    if (first >= pixels) return;
+    PlaneRun<T> run;
+#pragma unroll
+    for (int i = 0; i < kCrossPlaneItems; ++i) run.values[i] = values[i];
+    *reinterpret_cast<PlaneRun<T> *>(map + first) = run;
+  } else {
+#pragma unroll
+    for (int i = 0; i < kCrossPlaneItems; ++i) {
+      const int q = plane_pass_step<false>(i);
+      if (q < pixels) map[q] = values[i];
+    }
+  }
+}
+
+// Adds this thread's elements of a pass into a map (dB, dC: every channel
+// of a batch element adds into them), those in the map; a run of floats
+// with float4 atomics where the GPU has them (sm_90).
+template <bool kVector, typename acc_t>
+__device__ __forceinline__ void plane_atomic_add(
+    acc_t *map, int pixels, const acc_t (&values)[kCrossPlaneItems]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (kVector && std::is_same_v<acc_t, float>) {
+    const int first = plane_pass_step<true>(0);
+    if (first >= pixels) return;
+    float4 *run = reinterpret_cast<float4 *>(map + first);
+#pragma unroll
+    for (int j = 0; j < kCrossPlaneItems / 4; ++j)
+      atomicAdd(run + j, make_float4(values[4 * j], values[4 * j + 1],
+                                     values[4 * j + 2], values[4 * j + 3]));
+    return;
+  }
+#endif
 #pragma unroll
   for (int i = 0; i < kCrossPlaneItems; ++i) {
-    const int q = threadIdx.x + i * blockDim.x;
-    values[i] = q < pixels ? map[q] : T(0);
+    const int q = plane_pass_step<kVector>(i);
+    if (q < pixels) atomicAdd(map + q, values[i]);
   }
 }
 
 // Stages direction k's step sizes, B and C into shared maps.
-template <typename T, typename acc_t>
+template <typename T, bool kVector, typename acc_t>
 __device__ __forceinline__ void plane_stage_direction(
     const CrossScanParams &p, const PlaneView &view, int k, acc_t *dt_map,
     acc_t *B_map, acc_t *C_map) {
@@ -219,11 +276,10 @@ __device__ __forceinline__ void plane_stage_direction(
                    : acc_t(0);
   T raw_delta[kCrossPlaneItems], raw_B[kCrossPlaneItems],
       raw_C[kCrossPlaneItems];
-  plane_load(delta, view.pixels, raw_delta);
-  plane_load(B, view.pixels, raw_B);
-  plane_load(C, view.pixels, raw_C);
-  plane_for_each_step([&](int i, int q) {
-    const int slot = plane_slot(q);
+  plane_load<kVector>(delta, view.pixels, raw_delta);
+  plane_load<kVector>(B, view.pixels, raw_B);
+  plane_load<kVector>(C, view.pixels, raw_C);
+  plane_for_each_step<kVector>([&](int i, int q, int slot) {
     const acc_t raw = to_acc<acc_t>(raw_delta[i]) + bias;
     const acc_t dt = p.delta_softplus ? softplus(raw) : raw;
     dt_map[slot] = q < view.pixels ? dt : acc_t(0);
@@ -259,14 +315,14 @@ struct PlaneMaps {
 // maps, and returns the map of this thread's steps of its walk with their
 // slots, decays exp(dt A) and drives dt B u (identity steps past the walk,
 // whose step sizes and u are zero).
-template <typename T, typename acc_t>
+template <typename T, bool kVector, typename acc_t>
 __device__ __forceinline__ AffineMap<acc_t> plane_direction_steps(
     const CrossScanParams &p, const PlaneView &view,
     const PlaneMaps<acc_t> &maps, int k, acc_t A,
     int (&slot)[kCrossPlaneItems], acc_t (&decay)[kCrossPlaneItems],
     acc_t (&drive)[kCrossPlaneItems]) {
   __syncthreads();
-  plane_stage_direction<T>(p, view, k, maps.dt, maps.B, maps.C);
+  plane_stage_direction<T, kVector>(p, view, k, maps.dt, maps.B, maps.C);
   __syncthreads();
   plane_walk_slots(k, threadIdx.x * kCrossPlaneItems, view.height,
                    view.width, slot);
@@ -281,7 +337,7 @@ __device__ __forceinline__ AffineMap<acc_t> plane_direction_steps(
   return own;
 }
 
-template <typename T>
+template <typename T, bool kVector>
 __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
     cross_plane_fwd_kernel(CrossScanParams p) {
   using acc_t = typename AccumType<T>::type;
@@ -295,10 +351,10 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
 
   const T *u = static_cast<const T *>(p.u) + view.map_offset();
   T raw_u[kItems];
-  plane_load(u, view.pixels, raw_u);
-  plane_for_each_step([&](int i, int q) {
-    u_map[plane_slot(q)] = to_acc<acc_t>(raw_u[i]);
-    out_map[plane_slot(q)] = acc_t(0);
+  plane_load<kVector>(u, view.pixels, raw_u);
+  plane_for_each_step<kVector>([&](int i, int, int slot) {
+    u_map[slot] = to_acc<acc_t>(raw_u[i]);
+    out_map[slot] = acc_t(0);
   });
   acc_t D_sum = acc_t(0);
   int slot[kItems];
@@ -307,7 +363,8 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
     if (p.D) D_sum += static_cast<const acc_t *>(p.D)[view.weight(k)];
     acc_t decay[kItems], drive[kItems];
     const AffineMap<acc_t> own =
-        plane_direction_steps<T>(p, view, maps, k, A, slot, decay, drive);
+        plane_direction_steps<T, kVector>(p, view, maps, k, A, slot, decay,
+                                          drive);
     // The walk starts from zero, so the state entering this thread's steps
     // is the offset of the maps before it.
     acc_t h = block_exclusive_scan<acc_t, false>(own, warp_totals, num_warps).b;
@@ -318,20 +375,20 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
     }
   }
   __syncthreads();
-  acc_t *out = static_cast<acc_t *>(p.out) + view.map_offset();
-  plane_for_each(view.pixels, [&](int, int q) {
-    const int slot = plane_slot(q);
-    out[q] = out_map[slot] + D_sum * u_map[slot];
+  T out[kItems];
+  plane_for_each_step<kVector>([&](int i, int, int slot) {
+    out[i] = from_acc<T>(out_map[slot] + D_sum * u_map[slot]);
   });
+  plane_store<kVector>(static_cast<T *>(p.out) + view.map_offset(),
+                       view.pixels, out);
 }
 
-template <typename T>
+template <typename T, bool kVector>
 __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
     cross_plane_bwd_kernel(CrossScanParams p) {
   using acc_t = typename AccumType<T>::type;
   constexpr int kItems = kCrossPlaneItems;
   __shared__ AffineMap<acc_t> warp_totals[kCrossPlaneMaxWarps];
-  __shared__ double sum_scratch[2 * kCrossPlaneMaxWarps];
   extern __shared__ __align__(16) unsigned char cross_plane_bwd_shared[];
   const PlaneView view(p);
   const int num_warps = blockDim.x >> 5;
@@ -343,19 +400,18 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
   const T *u = static_cast<const T *>(p.u) + map_offset;
   const T *dout = static_cast<const T *>(p.dout) + map_offset;
   // D's gradient, the same for every direction: sum of dy * u.
-  double dD_sum = 0.0;
+  acc_t dD_part = acc_t(0);
   {
     T raw_u[kItems], raw_dy[kItems];
-    plane_load(u, view.pixels, raw_u);
-    plane_load(dout, view.pixels, raw_dy);
-    plane_for_each_step([&](int i, int q) {
-      const int slot = plane_slot(q);
+    plane_load<kVector>(u, view.pixels, raw_u);
+    plane_load<kVector>(dout, view.pixels, raw_dy);
+    plane_for_each_step<kVector>([&](int i, int, int slot) {
       const acc_t u_val = to_acc<acc_t>(raw_u[i]);
       const acc_t dy = to_acc<acc_t>(raw_dy[i]);
       u_map[slot] = u_val;
       dy_map[slot] = dy;
       du_map[slot] = acc_t(0);
-      dD_sum += static_cast<double>(dy * u_val);
+      dD_part += dy * u_val;
     });
   }
   acc_t D_sum = acc_t(0);
@@ -364,16 +420,17 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
     const int weight = view.weight(k);
     const acc_t A = static_cast<const acc_t *>(p.A)[weight];
     if (p.D) D_sum += static_cast<const acc_t *>(p.D)[weight];
-    // h_prev holds the drives until the states are known.
-    acc_t decay[kItems], h_prev[kItems];
-    const AffineMap<acc_t> own =
-        plane_direction_steps<T>(p, view, maps, k, A, slot, decay, h_prev);
+    // decayed_prev holds the drives until the states are known, then the
+    // state before each step times its decay.
+    acc_t decay[kItems], decayed_prev[kItems];
+    const AffineMap<acc_t> own = plane_direction_steps<T, kVector>(
+        p, view, maps, k, A, slot, decay, decayed_prev);
     acc_t h = block_exclusive_scan<acc_t, false>(own, warp_totals, num_warps).b;
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
-      const acc_t drive = h_prev[i];
-      h_prev[i] = h;
-      h = decay[i] * h + drive;
+      const acc_t drive = decayed_prev[i];
+      decayed_prev[i] = decay[i] * h;
+      h = decayed_prev[i] + drive;
     }
     // Adjoint r_t = a_t g_t, g_t = C_t dy_t + r_{t+1} = dL/dh_t, zero after
     // the last step; a thread's map takes the r entering its last step to
@@ -395,50 +452,51 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
       const acc_t B = B_map[at];
       const acc_t dy = dy_map[at];
       const acc_t g = C_map[at] * dy + r;
-      r = decay[i] * g;
-      const acc_t decayed_prev = decay[i] * h_prev[i];
-      const acc_t ddt = g * (A * decayed_prev + B * u_val);
+      // Recomputing the decay costs less than holding it in registers
+      // through the block scan above.
+      r = exp_acc(dt * A) * g;
+      const acc_t prev = decayed_prev[i];
+      const acc_t ddt = g * (A * prev + B * u_val);
       // softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x)).
       const acc_t ddelta = p.delta_softplus ? -expm1_acc(-dt) * ddt : ddt;
-      dA_part += g * dt * decayed_prev;
+      dA_part += g * dt * prev;
       dbias_part += ddelta;
       du_map[at] += g * dt * B;
       // Only this thread reads or writes these slots in this direction.
       dt_map[at] = ddelta;
       B_map[at] = g * dt * u_val;
-      C_map[at] = dy * (decayed_prev + dt * B * u_val);
+      C_map[at] = dy * (prev + dt * B * u_val);
     }
-    double dA_sum = dA_part, dbias_sum = dbias_part;
-    plane_block_sum(dA_sum, dbias_sum, sum_scratch);
-    if (threadIdx.x == 0) {
-      atomicAdd(static_cast<acc_t *>(p.dA) + weight, acc_t(dA_sum));
-      if (p.ddelta_bias)
-        atomicAdd(static_cast<acc_t *>(p.ddelta_bias) + weight,
-                  acc_t(dbias_sum));
-    }
-    // (plane_block_sum's barriers order the writes above before these.)
-    T *ddelta = static_cast<T *>(p.ddelta) + view.delta_offset(k);
-    acc_t *dB = static_cast<acc_t *>(p.dB) + view.state_offset(k);
-    acc_t *dC = static_cast<acc_t *>(p.dC) + view.state_offset(k);
-    plane_for_each(view.pixels, [&](int, int q) {
-      const int slot = plane_slot(q);
-      ddelta[q] = from_acc<T>(dt_map[slot]);
-      atomicAdd(dB + q, B_map[slot]);
-      atomicAdd(dC + q, C_map[slot]);
+    warp_sum_add(static_cast<acc_t *>(p.dA) + weight, dA_part);
+    if (p.ddelta_bias)
+      warp_sum_add(static_cast<acc_t *>(p.ddelta_bias) + weight, dbias_part);
+    // The stores below read slots that other threads wrote.
+    __syncthreads();
+    T ddelta[kItems];
+    acc_t dB[kItems], dC[kItems];
+    plane_for_each_step<kVector>([&](int i, int, int slot) {
+      ddelta[i] = from_acc<T>(dt_map[slot]);
+      dB[i] = B_map[slot];
+      dC[i] = C_map[slot];
     });
+    plane_store<kVector>(static_cast<T *>(p.ddelta) + view.delta_offset(k),
+                         view.pixels, ddelta);
+    plane_atomic_add<kVector>(
+        static_cast<acc_t *>(p.dB) + view.state_offset(k), view.pixels, dB);
+    plane_atomic_add<kVector>(
+        static_cast<acc_t *>(p.dC) + view.state_offset(k), view.pixels, dC);
   }
   __syncthreads();
-  acc_t *du = static_cast<acc_t *>(p.du) + map_offset;
-  plane_for_each(view.pixels, [&](int, int q) {
-    const int slot = plane_slot(q);
-    du[q] = du_map[slot] + D_sum * dy_map[slot];
+  T du[kItems];
+  plane_for_each_step<kVector>([&](int i, int, int slot) {
+    du[i] = from_acc<T>(du_map[slot] + D_sum * dy_map[slot]);
   });
+  plane_store<kVector>(static_cast<T *>(p.du) + map_offset, view.pixels, du);
   if (p.dD) {
-    double unused = 0.0;
-    plane_block_sum(dD_sum, unused, sum_scratch);
-    if (threadIdx.x == 0) {
+    const acc_t dD_warp = warp_sum(dD_part);
+    if ((threadIdx.x & 31) == 0) {
       for (int k = 0; k < 4; ++k)
-        atomicAdd(static_cast<acc_t *>(p.dD) + view.weight(k), acc_t(dD_sum));
+        atomicAdd(static_cast<acc_t *>(p.dD) + view.weight(k), dD_warp);
     }
   }
 }
@@ -451,6 +509,22 @@ int cross_plane_shared_bytes(int pixels, bool backward) {
   return (backward ? 6 : 5) *
          plane_slots(plane_cover(cross_plane_threads(pixels))) *
          static_cast<int>(sizeof(acc_t));
+}
+
+// Whether the plane kernels' passes take vector accesses (see
+// plane_pass_step): maps of a multiple of kCrossPlaneItems pixels, every
+// tensor 16-byte aligned (each map then starts at a multiple of 16 bytes).
+inline bool cross_plane_vector(const CrossScanParams &p) {
+  if (p.height * p.width % kCrossPlaneItems != 0) return false;
+  for (const void *tensor : {p.u, p.delta, p.B, p.C, p.dout,
+                             static_cast<const void *>(p.out),
+                             static_cast<const void *>(p.du),
+                             static_cast<const void *>(p.ddelta),
+                             static_cast<const void *>(p.dB),
+                             static_cast<const void *>(p.dC)}) {
+    if (reinterpret_cast<std::uintptr_t>(tensor) % 16 != 0) return false;
+  }
+  return true;
 }
 
 template <typename T>
@@ -474,10 +548,13 @@ void cross_plane_launch(const CrossScanParams &p, bool backward) {
     kernel<<<grid, block, bytes, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
+  const bool vector = cross_plane_vector(p);
   if (backward) {
-    launch(cross_plane_bwd_kernel<T>);
+    launch(vector ? cross_plane_bwd_kernel<T, true>
+                  : cross_plane_bwd_kernel<T, false>);
   } else {
-    launch(cross_plane_fwd_kernel<T>);
+    launch(vector ? cross_plane_fwd_kernel<T, true>
+                  : cross_plane_fwd_kernel<T, false>);
   }
 }
 

@@ -142,6 +142,9 @@ __device__ __forceinline__ AffineMap<acc_t> warp_exclusive_scan(
   return exclusive;
 }
 
+// Warps up to which a block scan joins the warp totals in a loop.
+constexpr int kSerialScanWarps = 4;
+
 // Block-wide exclusive scan of affine maps in thread order (kReverse: in
 // reverse thread order) over the block's `num_warps` whole warps. Returns
 // the composition of the maps of the threads before this one and, with
@@ -160,6 +163,20 @@ __device__ __forceinline__ AffineMap<acc_t> block_exclusive_scan(
   __syncthreads();
   AffineMap<acc_t> prefix = identity_map<acc_t>();
   total = identity_map<acc_t>();
+  if (num_warps > kSerialScanWarps) {
+    // Many warps (the plane kernels' up to 16): every warp scans the warp
+    // totals across its lanes, in five shuffle steps where a loop over the
+    // warps took a dependent step per warp.
+    const int lane = threadIdx.x & 31;
+    const AffineMap<acc_t> lane_total =
+        lane < num_warps ? warp_totals[lane] : identity_map<acc_t>();
+    const AffineMap<acc_t> lane_prefix =
+        warp_exclusive_scan<acc_t, kReverse>(lane_total, total);
+    prefix.a = __shfl_sync(0xffffffffu, lane_prefix.a, warp);
+    prefix.b = __shfl_sync(0xffffffffu, lane_prefix.b, warp);
+    __syncthreads();
+    return compose(prefix, in_warp);
+  }
 #pragma unroll
   for (int step = 0; step < num_warps; ++step) {
     const int w = kReverse ? num_warps - 1 - step : step;
