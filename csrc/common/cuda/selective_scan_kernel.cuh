@@ -899,44 +899,69 @@ __global__ void __launch_bounds__(kThreadScanChannels,
   // variable B, and with `full` also the gated output gradient (writing dz),
   // the softplus derivative and variable C. Positions past the tile get
   // zeros, which make them identity steps.
+  // The gate's rows of this block's channels (without a gate: none).
+  const T *z =
+      p.z ? static_cast<const T *>(p.z) + row0 * row_length : nullptr;
+  const T *y_pregate =
+      p.z ? static_cast<const T *>(p.y_pregate) + row0 * row_length : nullptr;
+  T *dz = p.z ? static_cast<T *>(p.dz) + row0 * row_length : nullptr;
   auto stage = [&](int t0, int tile_length, bool full) {
     const bool valid_position = lane_position < tile_length;
     const int pos = valid_position ? position_of(t0 + lane_position) : 0;
-#pragma unroll 4
-    for (int k = 0; k < kChannels / kRowStep; ++k) {
-      const int c = first_row + k * kRowStep;
-      const bool valid = valid_position && c < num_channels;
-      const size_t at = size_t(c) * row_length + pos;
-      acc_t u_val = acc_t(0), dt = acc_t(0), dy = acc_t(0),
-            dsoftplus = acc_t(0);
-      if (valid) {
-        u_val = to_acc<acc_t>(u[at]);
-        const acc_t raw =
-            to_acc<acc_t>(delta[at]) +
-            (delta_bias ? delta_bias[first_channel + c] : acc_t(0));
-        dt = p.delta_softplus ? softplus(raw) : raw;
-        if (full) {
-          dy = to_acc<acc_t>(dout[at]);
-          if (p.z) {
-            const size_t z_at = (row0 + c) * row_length + pos;
-            const acc_t z = to_acc<acc_t>(static_cast<const T *>(p.z)[z_at]);
-            const acc_t y_pre =
-                to_acc<acc_t>(static_cast<const T *>(p.y_pregate)[z_at]);
-            const acc_t sig = acc_t(1) / (acc_t(1) + exp_acc(-z));
-            static_cast<T *>(p.dz)[z_at] = from_acc<T>(
-                dy * y_pre * sig * (acc_t(1) + z * (acc_t(1) - sig)));
-            dy *= z * sig;
-          }
-          dsoftplus = p.delta_softplus && raw <= acc_t(20)
-                          ? acc_t(1) / (acc_t(1) + exp_acc(-raw))
-                          : acc_t(1);
-        }
+    const bool gated = full && p.z;
+    // Groups of channel rows: a group's loads are all issued before any is
+    // used (rows past the block's channels load its first row), where one
+    // row's loads at a time left the warps waiting on memory.
+    constexpr int kRows = kChannels / kRowStep, kGroup = 4;
+    static_assert(kRows % kGroup == 0, "whole groups of rows");
+#pragma unroll 1
+    for (int k0 = 0; k0 < kRows; k0 += kGroup) {
+      T raw_u[kGroup], raw_delta[kGroup], raw_dout[kGroup], raw_z[kGroup],
+          raw_y[kGroup];
+#pragma unroll
+      for (int j = 0; j < kGroup; ++j) {
+        const int c = first_row + (k0 + j) * kRowStep;
+        const size_t at = size_t(c < num_channels ? c : 0) * row_length + pos;
+        raw_u[j] = u[at];
+        raw_delta[j] = delta[at];
+        raw_dout[j] = full ? dout[at] : T(0);
+        raw_z[j] = gated ? z[at] : T(0);
+        raw_y[j] = gated ? y_pregate[at] : T(0);
       }
-      u_tile[c * kSeqStride + lane_position] = u_val;
-      dt_tile[c * kSeqStride + lane_position] = dt;
-      if (full) {
-        dy_tile[c * kSeqStride + lane_position] = dy;
-        dsoftplus_tile[c * kSeqStride + lane_position] = dsoftplus;
+#pragma unroll
+      for (int j = 0; j < kGroup; ++j) {
+        const int c = first_row + (k0 + j) * kRowStep;
+        const bool valid = valid_position && c < num_channels;
+        const size_t at = size_t(c) * row_length + pos;
+        acc_t u_val = acc_t(0), dt = acc_t(0), dy = acc_t(0),
+              dsoftplus = acc_t(0);
+        if (valid) {
+          u_val = to_acc<acc_t>(raw_u[j]);
+          const acc_t raw =
+              to_acc<acc_t>(raw_delta[j]) +
+              (delta_bias ? delta_bias[first_channel + c] : acc_t(0));
+          dt = p.delta_softplus ? softplus(raw) : raw;
+          if (full) {
+            dy = to_acc<acc_t>(raw_dout[j]);
+            if (gated) {
+              const acc_t z_val = to_acc<acc_t>(raw_z[j]);
+              const acc_t y_pre = to_acc<acc_t>(raw_y[j]);
+              const acc_t sig = acc_t(1) / (acc_t(1) + exp_acc(-z_val));
+              dz[at] = from_acc<T>(dy * y_pre * sig *
+                                   (acc_t(1) + z_val * (acc_t(1) - sig)));
+              dy *= z_val * sig;
+            }
+            dsoftplus = p.delta_softplus && raw <= acc_t(20)
+                            ? acc_t(1) / (acc_t(1) + exp_acc(-raw))
+                            : acc_t(1);
+          }
+        }
+        u_tile[c * kSeqStride + lane_position] = u_val;
+        dt_tile[c * kSeqStride + lane_position] = dt;
+        if (full) {
+          dy_tile[c * kSeqStride + lane_position] = dy;
+          dsoftplus_tile[c * kSeqStride + lane_position] = dsoftplus;
+        }
       }
     }
     if (p.var_B || (full && p.var_C)) {
