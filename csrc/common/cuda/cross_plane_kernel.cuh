@@ -292,9 +292,9 @@ __device__ __forceinline__ void plane_stage_direction(
 // map (65 KB forward, 78 KB backward in float) allows two to three.
 constexpr int kCrossPlaneMinBlocks = 2;
 
-// The block's shared maps, plane_slots of the block's cover apart: u, the step sizes, B,
-// C, the sum over directions (out forward, du backward) and, backward
-// only, dy. Backward, the step-size, B and C maps are overwritten with
+// The block's shared maps, plane_slots of the block's cover apart: u, the
+// step sizes, B, C, the sum over directions (out forward, du backward) and,
+// backward only, dy. Backward, the step-size, B and C maps are overwritten with
 // ddelta, dB and dC.
 template <typename acc_t>
 struct PlaneMaps {

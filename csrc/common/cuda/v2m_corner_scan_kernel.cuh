@@ -107,6 +107,11 @@ struct V2MBlock {
   int corner;
   long long corner_index;  // batch * corners + corner
   long long pixels;        // height * width
+  // Offsets of the block's first channel's map in a tensor with a map per
+  // (corner, channel) (delta, unshared u and z, out and their gradients)
+  // and in one with a map per (batch element, channel), shared by the
+  // corners (shared u and z, the corner sum).
+  long long feature_plane, shared_plane;
   int channel_index;       // corner * dim + channel
   acc_t D, bias;
 
@@ -131,6 +136,8 @@ struct V2MBlock {
     backwards = (p.backwards_mask >> corner) & 1;
     corner_index = blockIdx.z;
     pixels = static_cast<long long>(p.height) * p.width;
+    feature_plane = (corner_index * p.dim + channel_first) * pixels;
+    shared_plane = (corner_index / p.corners * p.dim + channel_first) * pixels;
     channel_index = corner * p.dim + channel;
     D = valid && p.D ? static_cast<const acc_t *>(p.D)[channel_index]
                      : acc_t(0);
@@ -381,6 +388,84 @@ __device__ __forceinline__ void v2m_stage_backward_inputs(
   }
 }
 
+// What a backward block (general or one-state) reads and writes: the
+// planes of its channels' u, delta, z and dout, staged into the feature
+// tiles in that order (the tiles are overwritten with du, ddelta and dz),
+// the offset of its corner's state planes in B, C, dB and dC, staged into
+// the matrix tiles, and where ddelta, du and dz go.
+template <typename T, typename acc_t>
+struct V2MBackwardPlanes {
+  acc_t *feature_tiles[4];
+  const T *feature_sources[4];
+  const acc_t *merged_dout;  // the corner sum's gradient, or null
+  acc_t *matrix_tiles[2];
+  long long matrix_plane;
+  const T *z;  // null without a gate
+  T *ddelta;
+  acc_t *du, *dz;
+
+  __device__ V2MBackwardPlanes(const V2MScanParams &p,
+                              const V2MBlock<acc_t> &block, acc_t *shared,
+                              const V2MSharedLayout &layout) {
+    const long long u_plane =
+        p.shared_u ? block.shared_plane : block.feature_plane;
+    const long long z_plane =
+        p.shared_z ? block.shared_plane : block.feature_plane;
+    z = p.z ? static_cast<const T *>(p.z) + z_plane : nullptr;
+    feature_tiles[0] = shared + layout.u;
+    feature_tiles[1] = shared + layout.delta;
+    feature_tiles[2] = shared + layout.z;
+    feature_tiles[3] = shared + layout.dout;
+    feature_sources[0] = static_cast<const T *>(p.u) + u_plane;
+    feature_sources[1] = static_cast<const T *>(p.delta) + block.feature_plane;
+    feature_sources[2] = z;
+    feature_sources[3] =
+        p.merge_corners ? nullptr
+                        : static_cast<const T *>(p.dout) + block.feature_plane;
+    merged_dout = p.merge_corners
+                      ? static_cast<const acc_t *>(p.dout) + block.shared_plane
+                      : nullptr;
+    matrix_tiles[0] = shared + layout.B;
+    matrix_tiles[1] = shared + layout.C;
+    matrix_plane = block.corner_index * p.dstate * block.pixels;
+    ddelta = static_cast<T *>(p.ddelta) + block.feature_plane;
+    du = static_cast<acc_t *>(p.du) + u_plane;
+    dz = z ? static_cast<acc_t *>(p.dz) + z_plane : nullptr;
+  }
+
+  // Stages the chunk box of the per-channel inputs.
+  __device__ void stage_inputs(const V2MScanParams &p,
+                               const V2MBlock<acc_t> &block,
+                               const V2MChunkBox &box) const {
+    v2m_stage_backward_inputs(feature_tiles, feature_sources, merged_dout, p,
+                              block, box);
+  }
+
+  // Stores the chunk box's ddelta, du and dz from the feature tiles. Shared
+  // u and z collect every corner's gradient: atomic adds.
+  __device__ void store_gradients(const V2MScanParams &p,
+                                  const V2MBlock<acc_t> &block,
+                                  const V2MChunkBox &box) const {
+    const acc_t *tile_u = feature_tiles[0], *tile_delta = feature_tiles[1],
+                *tile_z = feature_tiles[2];
+    v2m_for_each_output(p, block, box, [&](long long offset, int slot) {
+      ddelta[offset] = from_acc<T>(tile_delta[slot]);
+      if (p.shared_u) {
+        atomicAdd(du + offset, tile_u[slot]);
+      } else {
+        du[offset] = tile_u[slot];
+      }
+      if (dz) {
+        if (p.shared_z) {
+          atomicAdd(dz + offset, tile_z[slot]);
+        } else {
+          dz[offset] = tile_z[slot];
+        }
+      }
+    });
+  }
+};
+
 // Adds the sums over the block's channels of per-thread tiles (one state's
 // dB and dC at every pixel of the chunk box) to that state's planes; a null
 // plane is skipped. One index split serves both.
@@ -497,24 +582,19 @@ __global__ void __launch_bounds__(kV2MMaxThreads, V2MMinBlocks<T>::forward)
                     shared + layout.C_const, p, block);
 
   const long long pixels = block.pixels;
-  const long long feature_plane =
-      (block.corner_index * p.dim + block.channel_first) * pixels;
-  const long long shared_plane =
-      (block.corner_index / p.corners * p.dim + block.channel_first) *
-      pixels;
   const T *z = p.z ? static_cast<const T *>(p.z) +
-                         (p.shared_z ? shared_plane : feature_plane)
+                         (p.shared_z ? block.shared_plane : block.feature_plane)
                    : nullptr;
   acc_t *const feature_tiles[3] = {tile_u, tile_delta, tile_z};
   const T *const feature_sources[3] = {
       static_cast<const T *>(p.u) +
-          (p.shared_u ? shared_plane : feature_plane),
-      static_cast<const T *>(p.delta) + feature_plane, z};
+          (p.shared_u ? block.shared_plane : block.feature_plane),
+      static_cast<const T *>(p.delta) + block.feature_plane, z};
   const long long matrix_plane = block.corner_index * p.dstate * pixels;
   acc_t *const matrix_tiles[2] = {shared + layout.B, shared + layout.C};
   const acc_t *tile_B = matrix_tiles[0];
   const acc_t *tile_C = matrix_tiles[1];
-  const V2MOutput<T, acc_t> out(p, feature_plane, shared_plane);
+  const V2MOutput<T, acc_t> out(p, block.feature_plane, block.shared_plane);
   const int row = block.me * kV2MTileStride;
   const int weights = block.local_channel * p.dstate;
 
@@ -630,38 +710,17 @@ __global__ void __launch_bounds__(kV2MMaxThreads, V2MMinBlocks<T>::backward)
   }
 
   const long long pixels = block.pixels;
-  const long long feature_plane =
-      (block.corner_index * p.dim + block.channel_first) * pixels;
-  const long long shared_plane =
-      (block.corner_index / p.corners * p.dim + block.channel_first) *
-      pixels;
-  const long long u_plane = p.shared_u ? shared_plane : feature_plane;
-  const long long z_plane = p.shared_z ? shared_plane : feature_plane;
-  const T *z = p.z ? static_cast<const T *>(p.z) + z_plane : nullptr;
-  acc_t *const feature_tiles[4] = {tile_u, tile_delta, tile_z, tile_dout};
-  const T *const feature_sources[4] = {
-      static_cast<const T *>(p.u) + u_plane,
-      static_cast<const T *>(p.delta) + feature_plane, z,
-      p.merge_corners ? nullptr
-                      : static_cast<const T *>(p.dout) + feature_plane};
-  const acc_t *merged_dout =
-      p.merge_corners ? static_cast<const acc_t *>(p.dout) + shared_plane
-                      : nullptr;
-  const long long matrix_plane = block.corner_index * p.dstate * pixels;
-  acc_t *const matrix_tiles[2] = {shared + layout.B, shared + layout.C};
-  const acc_t *tile_B = matrix_tiles[0];
-  const acc_t *tile_C = matrix_tiles[1];
-  T *ddelta_out = static_cast<T *>(p.ddelta) + feature_plane;
-  acc_t *du_out = static_cast<acc_t *>(p.du) + u_plane;
-  acc_t *dz_out = z ? static_cast<acc_t *>(p.dz) + z_plane : nullptr;
+  const V2MBackwardPlanes<T, acc_t> planes(p, block, shared, layout);
+  const T *z = planes.z;
+  const acc_t *tile_B = planes.matrix_tiles[0];
+  const acc_t *tile_C = planes.matrix_tiles[1];
   const int row = block.me * kV2MTileStride;
   const int weights = block.local_channel * p.dstate;
   acc_t dD = acc_t(0), dbias = acc_t(0);
 
   for (int chunk = p.num_chunks - 1; chunk >= 0; --chunk) {
     const V2MChunkBox box(chunk, block.length, block.backwards);
-    v2m_stage_backward_inputs(feature_tiles, feature_sources, merged_dout, p,
-                              block, box);
+    planes.stage_inputs(p, block, box);
     if (chunk > 0) {
       // All states' chunk starts at once: one memory latency, not dstate.
 #pragma unroll 4
@@ -681,8 +740,9 @@ __global__ void __launch_bounds__(kV2MMaxThreads, V2MMinBlocks<T>::backward)
     for (int group_first = 0; group_first < p.dstate;
          group_first += p.state_group) {
       const int group = min(p.state_group, p.dstate - group_first);
-      v2m_stage_matrices<T>(matrix_tiles, matrix_plane + group_first * pixels,
-                            group, p, block, box);
+      v2m_stage_matrices<T>(planes.matrix_tiles,
+                            planes.matrix_plane + group_first * pixels, group,
+                            p, block, box);
       __syncthreads();
       if (group_first == 0) {
 #pragma unroll
@@ -768,11 +828,11 @@ __global__ void __launch_bounds__(kV2MMaxThreads, V2MMinBlocks<T>::backward)
         if (p.var_B || p.var_C) {
           __syncthreads();
           v2m_add_channel_sums(
-              p.var_B ? static_cast<acc_t *>(p.dB) + matrix_plane +
+              p.var_B ? static_cast<acc_t *>(p.dB) + planes.matrix_plane +
                             n * pixels
                       : nullptr,
               tile_dB,
-              p.var_C ? static_cast<acc_t *>(p.dC) + matrix_plane +
+              p.var_C ? static_cast<acc_t *>(p.dC) + planes.matrix_plane +
                             n * pixels
                       : nullptr,
               tile_dC, p, block, box);
@@ -803,22 +863,7 @@ __global__ void __launch_bounds__(kV2MMaxThreads, V2MMinBlocks<T>::backward)
       }
     }
     __syncthreads();
-    // Shared u and z collect every corner's gradient: atomic adds.
-    v2m_for_each_output(p, block, box, [&](long long offset, int slot) {
-      ddelta_out[offset] = from_acc<T>(tile_delta[slot]);
-      if (p.shared_u) {
-        atomicAdd(du_out + offset, tile_u[slot]);
-      } else {
-        du_out[offset] = tile_u[slot];
-      }
-      if (dz_out) {
-        if (p.shared_z) {
-          atomicAdd(dz_out + offset, tile_z[slot]);
-        } else {
-          dz_out[offset] = tile_z[slot];
-        }
-      }
-    });
+    planes.store_gradients(p, block, box);
     __syncthreads();  // the next chunk restages the tiles
   }
   if (block.valid) {
@@ -870,24 +915,19 @@ __global__ void __launch_bounds__(kV2MMaxThreads,
   acc_t *tile_z = shared + layout.z;
 
   const long long pixels = block.pixels;
-  const long long feature_plane =
-      (block.corner_index * p.dim + block.channel_first) * pixels;
-  const long long shared_plane =
-      (block.corner_index / p.corners * p.dim + block.channel_first) *
-      pixels;
   const T *z = p.z ? static_cast<const T *>(p.z) +
-                         (p.shared_z ? shared_plane : feature_plane)
+                         (p.shared_z ? block.shared_plane : block.feature_plane)
                    : nullptr;
   acc_t *const feature_tiles[3] = {tile_u, tile_delta, tile_z};
   const T *const feature_sources[3] = {
       static_cast<const T *>(p.u) +
-          (p.shared_u ? shared_plane : feature_plane),
-      static_cast<const T *>(p.delta) + feature_plane, z};
+          (p.shared_u ? block.shared_plane : block.feature_plane),
+      static_cast<const T *>(p.delta) + block.feature_plane, z};
   const long long matrix_plane = block.corner_index * pixels;
   acc_t *const matrix_tiles[2] = {shared + layout.B, shared + layout.C};
   const acc_t *tile_B = matrix_tiles[0];
   const acc_t *tile_C = matrix_tiles[1];
-  const V2MOutput<T, acc_t> out(p, feature_plane, shared_plane);
+  const V2MOutput<T, acc_t> out(p, block.feature_plane, block.shared_plane);
   const int row = block.me * kV2MTileStride;
   const int matrix_row = block.local_line * kV2MTileStride;
 
@@ -950,35 +990,14 @@ __global__ void __launch_bounds__(kV2MMaxThreads,
   acc_t *tile_dB = shared + layout.dB;        // tile_dout (the layout)
   acc_t *tile_dC = shared + layout.dC;
 
-  const long long pixels = block.pixels;
-  const long long feature_plane =
-      (block.corner_index * p.dim + block.channel_first) * pixels;
-  const long long shared_plane =
-      (block.corner_index / p.corners * p.dim + block.channel_first) *
-      pixels;
-  const long long u_plane = p.shared_u ? shared_plane : feature_plane;
-  const long long z_plane = p.shared_z ? shared_plane : feature_plane;
-  const T *z = p.z ? static_cast<const T *>(p.z) + z_plane : nullptr;
-  acc_t *const feature_tiles[4] = {tile_u, tile_delta, tile_z, tile_dout};
-  const T *const feature_sources[4] = {
-      static_cast<const T *>(p.u) + u_plane,
-      static_cast<const T *>(p.delta) + feature_plane, z,
-      p.merge_corners ? nullptr
-                      : static_cast<const T *>(p.dout) + feature_plane};
-  const acc_t *merged_dout =
-      p.merge_corners ? static_cast<const acc_t *>(p.dout) + shared_plane
-                      : nullptr;
-  const long long matrix_plane = block.corner_index * pixels;
-  acc_t *const matrix_tiles[2] = {shared + layout.B, shared + layout.C};
-  const acc_t *tile_B = matrix_tiles[0];
-  const acc_t *tile_C = matrix_tiles[1];
+  const V2MBackwardPlanes<T, acc_t> planes(p, block, shared, layout);
+  const T *z = planes.z;
+  const acc_t *tile_B = planes.matrix_tiles[0];
+  const acc_t *tile_C = planes.matrix_tiles[1];
   acc_t *dB_plane =
-      p.var_B ? static_cast<acc_t *>(p.dB) + matrix_plane : nullptr;
+      p.var_B ? static_cast<acc_t *>(p.dB) + planes.matrix_plane : nullptr;
   acc_t *dC_plane =
-      p.var_C ? static_cast<acc_t *>(p.dC) + matrix_plane : nullptr;
-  T *ddelta_out = static_cast<T *>(p.ddelta) + feature_plane;
-  acc_t *du_out = static_cast<acc_t *>(p.du) + u_plane;
-  acc_t *dz_out = z ? static_cast<acc_t *>(p.dz) + z_plane : nullptr;
+      p.var_C ? static_cast<acc_t *>(p.dC) + planes.matrix_plane : nullptr;
   const int row = block.me * kV2MTileStride;
   const int matrix_row = block.local_line * kV2MTileStride;
   // carried: a g at the start of the chunk after the current one.
@@ -993,9 +1012,9 @@ __global__ void __launch_bounds__(kV2MMaxThreads,
             ? static_cast<const acc_t *>(
                   p.chunk_states)[block.chunk_state_index(p, chunk, 0)]
             : acc_t(0);
-    v2m_stage_backward_inputs(feature_tiles, feature_sources, merged_dout, p,
-                              block, box);
-    v2m_stage_matrices<T>(matrix_tiles, matrix_plane, 1, p, block, box);
+    planes.stage_inputs(p, block, box);
+    v2m_stage_matrices<T>(planes.matrix_tiles, planes.matrix_plane, 1, p,
+                          block, box);
     __syncthreads();
     acc_t h[kV2MChunk];
     acc_t state = start;
@@ -1060,22 +1079,7 @@ __global__ void __launch_bounds__(kV2MMaxThreads,
       }
     }
     __syncthreads();
-    // Shared u and z collect every corner's gradient: atomic adds.
-    v2m_for_each_output(p, block, box, [&](long long offset, int slot) {
-      ddelta_out[offset] = from_acc<T>(tile_delta[slot]);
-      if (p.shared_u) {
-        atomicAdd(du_out + offset, tile_u[slot]);
-      } else {
-        du_out[offset] = tile_u[slot];
-      }
-      if (dz_out) {
-        if (p.shared_z) {
-          atomicAdd(dz_out + offset, tile_z[slot]);
-        } else {
-          dz_out[offset] = tile_z[slot];
-        }
-      }
-    });
+    planes.store_gradients(p, block, box);
     if (p.var_B || p.var_C)
       v2m_add_channel_sums(dB_plane, tile_dB, dC_plane, tile_dC, p, block,
                            box);
