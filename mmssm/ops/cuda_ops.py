@@ -528,7 +528,7 @@ _CROSS_CHUNK = 16
 
 
 # Shared maps of the plane kernels' backward pass, and steps of a walk per
-# thread (cross_plane_shared_bytes, kCrossPlaneItems).
+# thread (PlaneMaps::kBackwardMaps, kCrossPlaneItems).
 _CROSS_PLANE_BACKWARD_MAPS = 6
 _CROSS_PLANE_ITEMS = 8
 

@@ -244,8 +244,13 @@ __device__ __forceinline__ void plane_store(
 template <bool kVector, typename acc_t>
 __device__ __forceinline__ void plane_atomic_add(
     acc_t *map, int pixels, const acc_t (&values)[kCrossPlaneItems]) {
+  constexpr bool kVectorAtomics =
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if constexpr (kVector && std::is_same_v<acc_t, float>) {
+      kVector && std::is_same_v<acc_t, float>;
+#else
+      false;
+#endif
+  if constexpr (kVectorAtomics) {
     const int first = plane_pass_step<true>(0);
     if (first >= pixels) return;
     float4 *run = reinterpret_cast<float4 *>(map + first);
@@ -253,13 +258,12 @@ __device__ __forceinline__ void plane_atomic_add(
     for (int j = 0; j < kCrossPlaneItems / 4; ++j)
       atomicAdd(run + j, make_float4(values[4 * j], values[4 * j + 1],
                                      values[4 * j + 2], values[4 * j + 3]));
-    return;
-  }
-#endif
+  } else {
 #pragma unroll
-  for (int i = 0; i < kCrossPlaneItems; ++i) {
-    const int q = plane_pass_step<kVector>(i);
-    if (q < pixels) atomicAdd(map + q, values[i]);
+    for (int i = 0; i < kCrossPlaneItems; ++i) {
+      const int q = plane_pass_step<kVector>(i);
+      if (q < pixels) atomicAdd(map + q, values[i]);
+    }
   }
 }
 
@@ -294,10 +298,12 @@ constexpr int kCrossPlaneMinBlocks = 2;
 
 // The block's shared maps, plane_slots of the block's cover apart: u, the
 // step sizes, B, C, the sum over directions (out forward, du backward) and,
-// backward only, dy. Backward, the step-size, B and C maps are overwritten with
-// ddelta, dB and dC.
+// backward only, dy. Backward, the step-size, B and C maps are overwritten
+// with ddelta, dB and dC. (mmssm/ops/cuda_ops.py mirrors the backward count
+// for its float64 dispatch.)
 template <typename acc_t>
 struct PlaneMaps {
+  static constexpr int kForwardMaps = 5, kBackwardMaps = 6;
   acc_t *u, *dt, *B, *C, *sum, *dy;
 
   __device__ explicit PlaneMaps(unsigned char *shared) {
@@ -501,12 +507,12 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
   }
 }
 
-// Shared memory of the plane kernels, in bytes: five maps forward (u, step
-// sizes, B, C, out), six backward (and dy, du), each covering the steps of
-// the block's threads.
+// Shared memory of the plane kernels, in bytes: their maps (PlaneMaps),
+// each covering the steps of the block's threads.
 template <typename acc_t>
 int cross_plane_shared_bytes(int pixels, bool backward) {
-  return (backward ? 6 : 5) *
+  return (backward ? PlaneMaps<acc_t>::kBackwardMaps
+                   : PlaneMaps<acc_t>::kForwardMaps) *
          plane_slots(plane_cover(cross_plane_threads(pixels))) *
          static_cast<int>(sizeof(acc_t));
 }
