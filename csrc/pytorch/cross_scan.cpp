@@ -132,9 +132,9 @@ std::vector<at::Tensor> cross_scan_forward(
   const c10::cuda::CUDAGuard device_guard(u.device());
   const auto acc_options = u.options().dtype(accum_type(u.scalar_type()));
   // The tiled kernels add the four directions' outputs into one map; the
-  // plane kernels write it whole, in u's dtype. The saved buffers are sized for the
-  // longer axis; zeroed, their entries past the shorter axis's lines and
-  // chunks are defined (the op's outputs are deterministic wherever no
+  // plane kernels write it whole, in u's dtype. The saved buffers are sized
+  // for the longer axis; zeroed, their entries past the shorter axis's lines
+  // and chunks are defined (the op's outputs are deterministic wherever no
   // atomic sum is involved).
   at::Tensor out = plane ? at::empty(u.sizes(), u.options())
                          : at::zeros(u.sizes(), acc_options);

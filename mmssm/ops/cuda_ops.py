@@ -507,8 +507,8 @@ def cross_selective_scan_cuda(u: Tensor,
 # (batch, channel) map in shared memory and walks the four directions by
 # block scans, summing the outputs (and in backward du) before one store.
 # H100, VMamba-T stage 1 224² batch 64, fp16, fwd / fwd+bwd ms: see
-# docs/benchmarks.md, seventh and eighth sessions. Other cases with few states run on
-# the tiled line-scan kernels
+# docs/benchmarks.md, seventh and eighth sessions. Other cases with few
+# states run on the tiled line-scan kernels
 # (csrc/common/cuda/cross_scan_kernel.cuh) where there are few sequences
 # (batch * 4 * dim below _CROSS_TILED_MAX_SEQUENCES) of up to
 # _CROSS_TILED_MAX_STATES states: every row or column is scanned on its own

@@ -265,13 +265,14 @@ def test_cross_scan_planes_take_unaligned_tensors(dtype):
         return view.detach().requires_grad_(tensor.requires_grad)
 
     inputs = cross_inputs(2, 3, 6, 8, 1)
+    maps = ('u', 'delta', 'B', 'C')
     aligned = {
-        name: value.to(dtype).detach().requires_grad_()
-        if name in ('u', 'delta', 'B', 'C') else value.detach().requires_grad_()
+        name: (value.to(dtype) if name in maps else value).detach()
+        .requires_grad_()
         for name, value in inputs.items()
     }
     offset = {
-        name: unaligned(value) if name in ('u', 'delta', 'B', 'C') else
+        name: unaligned(value) if name in maps else
         value.detach().clone().requires_grad_()
         for name, value in aligned.items()
     }
@@ -496,7 +497,8 @@ def test_plane_cross_scan_sanitizer_clean(tool):
         'import torch\n'
         'from mmssm.ops import cuda_ops\n'
         'for h, w, dt in ((37, 21, torch.float32), (3, 5, torch.float32),\n'
-        '                 (10, 20, torch.float32), (64, 64, torch.bfloat16)):\n'
+        '                 (10, 20, torch.float32),\n'
+        '                 (64, 64, torch.bfloat16)):\n'
         '    x = torch.randn(2, 3, h, w, device="cuda", dtype=dt)\n'
         '    x.requires_grad_()\n'
         '    d = torch.randn(2, 4, 3, h, w, device="cuda", dtype=dt)\n'

@@ -895,16 +895,16 @@ __global__ void __launch_bounds__(kThreadScanChannels,
   const int first_row = tid / kTile;
   constexpr int kRowStep = kChannels / kTile;
   auto position_of = [&](int t) { return p.reverse ? length - 1 - t : t; };
-  // Stages the tile of positions [t0, t0 + tile_length): u, steps and
-  // variable B, and with `full` also the gated output gradient (writing dz),
-  // the softplus derivative and variable C. Positions past the tile get
-  // zeros, which make them identity steps.
   // The gate's rows of this block's channels (without a gate: none).
   const T *z =
       p.z ? static_cast<const T *>(p.z) + row0 * row_length : nullptr;
   const T *y_pregate =
       p.z ? static_cast<const T *>(p.y_pregate) + row0 * row_length : nullptr;
   T *dz = p.z ? static_cast<T *>(p.dz) + row0 * row_length : nullptr;
+  // Stages the tile of positions [t0, t0 + tile_length): u, steps and
+  // variable B, and with `full` also the gated output gradient (writing dz),
+  // the softplus derivative and variable C. Positions past the tile get
+  // zeros, which make them identity steps.
   auto stage = [&](int t0, int tile_length, bool full) {
     const bool valid_position = lane_position < tile_length;
     const int pos = valid_position ? position_of(t0 + lane_position) : 0;
