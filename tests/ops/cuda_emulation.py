@@ -1,0 +1,168 @@
+"""mmssm's CUDA kernel sources built for the CPU with tests/ops/emulator/
+(one std::thread per CUDA thread), so that tests check the kernels' logic
+against the references on machines without a GPU.
+
+The kernel headers of csrc/common/cuda are copied with two rewrites that C++
+cannot express through macros: a dynamic shared-memory declaration
+(``extern __shared__ ... name[];``) becomes a pointer to the emulator's
+buffer, and a launch ``kernel<<<grid, block, bytes, stream>>>(args);``
+becomes ``cuda_emulator::launch(kernel, grid, block, bytes, args);``.
+"""
+import ctypes
+import hashlib
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import pytest
+import torch
+from torch import Tensor
+
+REPO = Path(__file__).resolve().parents[2]
+KERNELS = REPO / 'csrc' / 'common'
+EMULATOR = Path(__file__).resolve().parent / 'emulator'
+
+_DYNAMIC_SHARED = re.compile(
+    r'extern __shared__ (?:__align__\(\d+\) )?unsigned char (\w+)\[\];')
+# A launch statement: the kernel (a name with template arguments), the
+# launch configuration and the arguments.
+_LAUNCH = re.compile(
+    r'(\b[A-Za-z_][\w:]*(?:<[^;{}]*?>)?)\s*<<<(.*?)>>>\((.*?)\);', re.S)
+
+
+def _top_level_parts(text: str) -> list:
+    """``text`` split at the commas outside parentheses, brackets and
+    braces."""
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        if char in '([{':
+            depth += 1
+        elif char in ')]}':
+            depth -= 1
+        elif char == ',' and depth == 0:
+            parts.append(text[start:index].strip())
+            start = index + 1
+    return parts + [text[start:].strip()]
+
+
+def emulated_source(text: str) -> str:
+    """A kernel header rewritten for the emulator."""
+    text = _DYNAMIC_SHARED.sub(
+        r'unsigned char *\1 = cuda_emulator::dynamic_shared();', text)
+
+    def launch(match: re.Match) -> str:
+        kernel, config, args = (part.strip() for part in match.groups())
+        grid, threads, shared_bytes, _stream = _top_level_parts(config)
+        return (f'cuda_emulator::launch({kernel}, {grid}, {threads}, '
+                f'{shared_bytes}, {args});')
+
+    return '#include "cuda_emulator.h"\n' + _LAUNCH.sub(launch, text)
+
+
+def build_emulated_library(driver: str, build_dir: Path,
+                           edits: Optional[Dict[str, str]] = None
+                           ) -> ctypes.CDLL:
+    """Compiles tests/ops/emulator/``driver`` against the rewritten kernel
+    headers into ``build_dir`` and loads it; skips the test without g++.
+
+    Args:
+        driver: File name of the driver in tests/ops/emulator.
+        build_dir: Where the headers and the library go.
+        edits: Text of csrc/common that occurs once, and what replaces it
+            (e.g. smaller blocks, or a deliberate bug).
+    """
+    compiler = shutil.which('g++')
+    if compiler is None:
+        pytest.skip('the CUDA emulator needs g++ (C++20)')
+    source_dir = build_dir / 'kernels'
+    source_dir.mkdir(parents=True, exist_ok=True)
+    sources = {
+        path.name: path.read_text()
+        for path in [*KERNELS.glob('*.h'), *(KERNELS / 'cuda').glob('*.cuh')]
+    }
+    for old, new in (edits or {}).items():
+        found = [name for name, text in sources.items() if old in text]
+        assert len(found) == 1 and sources[found[0]].count(old) == 1, (
+            f'{old!r} must occur once in csrc/common, found in {found}')
+        sources[found[0]] = sources[found[0]].replace(old, new)
+    digest = hashlib.sha256()
+    for name, text in sorted(sources.items()):
+        if name.endswith('.cuh'):
+            text = emulated_source(text)
+        (source_dir / name).write_text(text)
+        digest.update(text.encode())
+    library = build_dir / f'{Path(driver).stem}_{digest.hexdigest()[:12]}.so'
+    if not library.exists():
+        command = [
+            compiler, '-std=c++20', '-O1', '-fPIC', '-shared', '-pthread',
+            f'-I{EMULATOR / "stubs"}', f'-I{EMULATOR}', f'-I{source_dir}',
+            str(EMULATOR / driver), '-o', str(library)
+        ]
+        result = subprocess.run(command, capture_output=True, text=True)
+        assert result.returncode == 0, (
+            f'the emulated kernels do not compile:\n{" ".join(command)}\n'
+            f'{result.stderr[-4000:]}')
+    return ctypes.CDLL(str(library))
+
+
+def _pointer(tensor: Optional[Tensor]) -> Optional[int]:
+    return None if tensor is None else tensor.data_ptr()
+
+
+class EmulatedCrossPlaneScan(torch.autograd.Function):
+    """mmssm.ops.cross_selective_scan with one state through the emulated
+    plane kernels: float32 or float64 inputs (weights in the accumulation
+    dtype), every gradient."""
+
+    @staticmethod
+    def forward(ctx, library: ctypes.CDLL, shared_memory: int, u: Tensor,
+                delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                D: Optional[Tensor], delta_bias: Optional[Tensor],
+                delta_softplus: bool) -> Tensor:
+        inputs = [
+            None if t is None else t.detach().contiguous()
+            for t in (u, delta, A, B, C, D, delta_bias)
+        ]
+        out = torch.empty_like(inputs[0])
+        _run(library, shared_memory, False, delta_softplus, inputs + [out])
+        ctx.save_for_backward(*inputs[:5])
+        ctx.optional = inputs[5:]
+        ctx.library, ctx.shared_memory = library, shared_memory
+        ctx.delta_softplus = delta_softplus
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        u, delta, A, B, C = ctx.saved_tensors
+        D, delta_bias = ctx.optional
+        accum = A.dtype
+        grads = [
+            torch.empty_like(u),
+            torch.empty_like(delta),
+            torch.zeros_like(A),
+            torch.zeros(B.shape, dtype=accum),
+            torch.zeros(C.shape, dtype=accum),
+            None if D is None else torch.zeros_like(D),
+            None if delta_bias is None else torch.zeros_like(delta_bias),
+        ]
+        tensors = [u, delta, A, B, C, D, delta_bias, None,
+                   dout.contiguous()] + grads
+        _run(ctx.library, ctx.shared_memory, True, ctx.delta_softplus,
+             tensors)
+        return (None, None, *grads, None)
+
+
+def _run(library: ctypes.CDLL, shared_memory: int, backward: bool,
+         delta_softplus: bool, tensors: Sequence[Optional[Tensor]]) -> None:
+    u = tensors[0]
+    batch, dim, height, width = u.shape
+    pointers = (ctypes.c_void_p * len(tensors))(
+        *[_pointer(t) for t in tensors])
+    error = ctypes.create_string_buffer(1024)
+    code = library.emulated_cross_plane(
+        int(u.dtype == torch.float64), int(backward), batch, dim, height,
+        width, int(delta_softplus), shared_memory, pointers, error, 1024)
+    if code != 0:
+        raise RuntimeError(error.value.decode())

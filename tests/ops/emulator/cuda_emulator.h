@@ -1,0 +1,195 @@
+// Runs mmssm's CUDA kernel sources on the CPU, for tests on machines without
+// a GPU (tests/ops/cuda_emulation.py builds them with it).
+//
+// Each CUDA thread of a block is a std::thread, so the threads of a block
+// run concurrently and meet at __syncthreads as on a GPU; blocks run one
+// after another. Warp shuffles exchange values through a per-warp buffer
+// between two warp barriers, so every lane of a warp must reach them, as
+// CUDA's full masks require. __shared__ variables are static (one block
+// runs at a time), dynamic shared memory is one buffer per launch filled
+// with a garbage pattern, and atomics hold one mutex. __CUDA_ARCH__ is not
+// defined: kernels take their generic paths (no sm_90 vector atomics).
+// The fast-math intrinsics are the C library's functions.
+//
+// What it does not show: timing, races between blocks, and anything that
+// depends on the GPU's scheduling within a warp beyond the shuffles.
+#pragma once
+
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __align__(n) alignas(n)
+
+struct dim3 {
+  unsigned x, y, z;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1)
+      : x(x_), y(y_), z(z_) {}
+};
+
+struct EmulatedIndex {
+  unsigned x = 0, y = 0, z = 0;
+};
+
+inline thread_local EmulatedIndex threadIdx;
+inline EmulatedIndex blockIdx;
+inline EmulatedIndex blockDim;
+inline EmulatedIndex gridDim;
+
+struct float4 {
+  float x, y, z, w;
+};
+
+inline float4 make_float4(float x, float y, float z, float w) {
+  return {x, y, z, w};
+}
+
+using std::max;
+using std::min;
+
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float x, float y) { return x / y; }
+
+namespace cuda_emulator {
+
+// One warp's exchange buffer for shuffles.
+struct Warp {
+  std::barrier<> arrived{32};
+  double values[32];
+  long long integers[32];
+};
+
+struct Block {
+  std::unique_ptr<std::barrier<>> threads;
+  std::vector<std::unique_ptr<Warp>> warps;
+};
+
+inline Block block;
+inline unsigned char *dynamic_shared_memory = nullptr;
+inline std::mutex atomic_mutex;
+
+inline unsigned char *dynamic_shared() { return dynamic_shared_memory; }
+
+// Every lane publishes `value`; lane `source` is read where `take`.
+template <typename T>
+T exchange(T value, int source, bool take) {
+  Warp &warp = *block.warps[threadIdx.x >> 5];
+  const int lane = threadIdx.x & 31;
+  if constexpr (std::is_integral_v<T>) {
+    warp.integers[lane] = value;
+  } else {
+    warp.values[lane] = value;
+  }
+  warp.arrived.arrive_and_wait();
+  T result = value;
+  if (take) {
+    if constexpr (std::is_integral_v<T>) {
+      result = static_cast<T>(warp.integers[source]);
+    } else {
+      result = static_cast<T>(warp.values[source]);
+    }
+  }
+  warp.arrived.arrive_and_wait();
+  return result;
+}
+
+// Runs `kernel(args...)` on a grid of blocks of `threads.x` threads (whole
+// warps), with `shared_bytes` of dynamic shared memory.
+template <typename Kernel, typename... Args>
+void launch(Kernel kernel, dim3 grid, dim3 threads, size_t shared_bytes,
+            Args... args) {
+  if (threads.x % 32 != 0 || threads.y != 1 || threads.z != 1)
+    throw std::runtime_error("emulator: blocks must be whole warps in x");
+  std::vector<unsigned char> shared(shared_bytes + 64);
+  dynamic_shared_memory = reinterpret_cast<unsigned char *>(
+      (reinterpret_cast<uintptr_t>(shared.data()) + 63) & ~uintptr_t(63));
+  gridDim = {grid.x, grid.y, grid.z};
+  blockDim = {threads.x, 1, 1};
+  for (unsigned z = 0; z < grid.z; ++z) {
+    for (unsigned y = 0; y < grid.y; ++y) {
+      for (unsigned x = 0; x < grid.x; ++x) {
+        std::fill(shared.begin(), shared.end(), 0xA5);
+        blockIdx = {x, y, z};
+        block.threads = std::make_unique<std::barrier<>>(threads.x);
+        block.warps.clear();
+        for (unsigned w = 0; w < threads.x / 32; ++w)
+          block.warps.push_back(std::make_unique<Warp>());
+        std::vector<std::thread> running;
+        for (unsigned t = 0; t < threads.x; ++t) {
+          running.emplace_back([&, t] {
+            threadIdx = {t, 0, 0};
+            kernel(args...);
+          });
+        }
+        for (auto &thread : running) thread.join();
+      }
+    }
+  }
+}
+
+template <typename... Parts>
+std::string message(const Parts &...parts) {
+  std::ostringstream stream;
+  (stream << ... << parts);
+  return stream.str();
+}
+
+}  // namespace cuda_emulator
+
+inline void __syncthreads() { cuda_emulator::block.threads->arrive_and_wait(); }
+
+inline void __syncwarp(unsigned = 0xffffffffu) {
+  cuda_emulator::block.warps[threadIdx.x >> 5]->arrived.arrive_and_wait();
+}
+
+template <typename T>
+T __shfl_up_sync(unsigned, T value, int delta) {
+  const int lane = threadIdx.x & 31;
+  return cuda_emulator::exchange(value, lane - delta, lane >= delta);
+}
+
+template <typename T>
+T __shfl_down_sync(unsigned, T value, int delta) {
+  const int lane = threadIdx.x & 31;
+  return cuda_emulator::exchange(value, lane + delta, lane + delta < 32);
+}
+
+template <typename T>
+T __shfl_xor_sync(unsigned, T value, int mask) {
+  return cuda_emulator::exchange(value, (threadIdx.x & 31) ^ mask, true);
+}
+
+template <typename T>
+T __shfl_sync(unsigned, T value, int source) {
+  return cuda_emulator::exchange(value, source & 31, true);
+}
+
+template <typename T>
+T atomicAdd(T *address, T value) {
+  std::lock_guard<std::mutex> guard(cuda_emulator::atomic_mutex);
+  const T old = *address;
+  *address = old + value;
+  return old;
+}
+
+#define TORCH_CHECK(condition, ...)                                    \
+  do {                                                                 \
+    if (!(condition))                                                  \
+      throw std::runtime_error(cuda_emulator::message(__VA_ARGS__));   \
+  } while (false)

@@ -1,0 +1,2 @@
+// The emulator needs no CUDA bfloat16 types.
+#pragma once

@@ -1,0 +1,2 @@
+// The emulator needs no CUDA half-precision types.
+#pragma once
