@@ -137,16 +137,7 @@ class EmulatedCrossPlaneScan(torch.autograd.Function):
     def backward(ctx, dout: Tensor):
         u, delta, A, B, C = ctx.saved_tensors
         D, delta_bias = ctx.optional
-        accum = A.dtype
-        grads = [
-            torch.empty_like(u),
-            torch.empty_like(delta),
-            torch.zeros_like(A),
-            torch.zeros(B.shape, dtype=accum),
-            torch.zeros(C.shape, dtype=accum),
-            None if D is None else torch.zeros_like(D),
-            None if delta_bias is None else torch.zeros_like(delta_bias),
-        ]
+        grads = _gradient_buffers(u.dtype, u, delta, A, B, C, D, delta_bias)
         tensors = [u, delta, A, B, C, D, delta_bias, None,
                    dout.contiguous()] + grads
         _run(ctx.library, ctx.shared_memory, True, ctx.delta_softplus,
@@ -154,15 +145,87 @@ class EmulatedCrossPlaneScan(torch.autograd.Function):
         return (None, None, *grads, None)
 
 
-def _run(library: ctypes.CDLL, shared_memory: int, backward: bool,
-         delta_softplus: bool, tensors: Sequence[Optional[Tensor]]) -> None:
-    u = tensors[0]
-    batch, dim, height, width = u.shape
+def _gradient_buffers(du_dtype: torch.dtype, u: Tensor, delta: Tensor,
+                      A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                      delta_bias: Optional[Tensor]) -> list:
+    """Zeroed gradients of a cross scan's inputs, as the C++ entry point
+    gives them: du in ``du_dtype``, dB and dC in the accumulation dtype, no
+    gradient for an absent input."""
+    accum = A.dtype
+    return [
+        torch.zeros(u.shape, dtype=du_dtype),
+        torch.zeros_like(delta),
+        torch.zeros_like(A),
+        torch.zeros(B.shape, dtype=accum),
+        torch.zeros(C.shape, dtype=accum),
+        None if D is None else torch.zeros_like(D),
+        None if delta_bias is None else torch.zeros_like(delta_bias),
+    ]
+
+
+def _call(function, arguments: Sequence[int],
+          tensors: Sequence[Optional[Tensor]]) -> None:
+    """Calls an entry point of an emulator driver with its integer
+    arguments, the pointers of ``tensors`` (null for None) and an error
+    buffer; raises its error message."""
     pointers = (ctypes.c_void_p * len(tensors))(
         *[_pointer(t) for t in tensors])
     error = ctypes.create_string_buffer(1024)
-    code = library.emulated_cross_plane(
-        int(u.dtype == torch.float64), int(backward), batch, dim, height,
-        width, int(delta_softplus), shared_memory, pointers, error, 1024)
-    if code != 0:
+    if function(*arguments, pointers, error, len(error)) != 0:
         raise RuntimeError(error.value.decode())
+
+
+def _run(library: ctypes.CDLL, shared_memory: int, backward: bool,
+         delta_softplus: bool, tensors: Sequence[Optional[Tensor]]) -> None:
+    u = tensors[0]
+    _call(library.emulated_cross_plane,
+          (int(u.dtype == torch.float64), int(backward), *u.shape,
+           int(delta_softplus), shared_memory), tensors)
+
+
+class EmulatedCrossTiledScan(torch.autograd.Function):
+    """mmssm.ops.cross_selective_scan with up to 4 states through the
+    emulated tiled kernels: float32 or float64 inputs (weights in the
+    accumulation dtype, out in it too), every gradient."""
+
+    @staticmethod
+    def forward(ctx, library: ctypes.CDLL, u: Tensor, delta: Tensor,
+                A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                delta_bias: Optional[Tensor], delta_softplus: bool) -> Tensor:
+        inputs = [
+            None if t is None else t.detach().contiguous()
+            for t in (u, delta, A, B, C, D, delta_bias)
+        ]
+        batch, dim, height, width = u.shape
+        dstate = A.shape[1]
+        lines = max(height, width)
+        chunks = -(-lines // 16)  # kCrossChunk
+        # The directions add into out; the buffers the backward pass reads.
+        out = torch.zeros(u.shape, dtype=A.dtype)
+        chunk_states = torch.zeros(batch, 4, dim, dstate, chunks, lines,
+                                   dtype=A.dtype)
+        line_dt = torch.zeros(batch, 4, dim, lines, dtype=A.dtype)
+        _run_tiled(library, False, delta_softplus,
+                   inputs + [out, chunk_states, line_dt])
+        ctx.save_for_backward(*inputs[:5], chunk_states, line_dt)
+        ctx.optional = inputs[5:]
+        ctx.library, ctx.delta_softplus = library, delta_softplus
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        u, delta, A, B, C, chunk_states, line_dt = ctx.saved_tensors
+        D, delta_bias = ctx.optional
+        grads = _gradient_buffers(A.dtype, u, delta, A, B, C, D, delta_bias)
+        tensors = [u, delta, A, B, C, D, delta_bias, None, chunk_states,
+                   line_dt, dout.contiguous()] + grads
+        _run_tiled(ctx.library, True, ctx.delta_softplus, tensors)
+        return (None, *grads, None)
+
+
+def _run_tiled(library: ctypes.CDLL, backward: bool, delta_softplus: bool,
+               tensors: Sequence[Optional[Tensor]]) -> None:
+    u, A = tensors[0], tensors[2]
+    _call(library.emulated_cross_tiled,
+          (int(u.dtype == torch.float64), int(backward), *u.shape,
+           A.shape[1], int(delta_softplus)), tensors)

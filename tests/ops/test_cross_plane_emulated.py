@@ -17,12 +17,6 @@ WEIGHT_NAMES = ('A', 'D', 'delta_bias')
 H100_SHARED_MEMORY = 232448
 
 
-@pytest.fixture(scope='module')
-def library(tmp_path_factory):
-    return build_emulated_library('cross_plane_driver.cpp',
-                                  tmp_path_factory.mktemp('emulator'))
-
-
 def emulated_scan(library, u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
                   C: Tensor, D: Optional[Tensor] = None,
                   delta_bias: Optional[Tensor] = None,
@@ -57,24 +51,24 @@ def plane_inputs(batch: int, dim: int, height: int, width: int,
 @pytest.mark.parametrize('delta_softplus', [True, False])
 @pytest.mark.parametrize('height,width', [(7, 9), (1, 13), (11, 1),
                                           (8, 6), (9, 40)])
-def test_emulated_plane_kernels_match_reference(library, dtype,
+def test_emulated_plane_kernels_match_reference(emulated_cross_library, dtype,
                                                 delta_softplus, height,
                                                 width):
     # A partial warp (7 x 9), one-pixel lines, vector runs (8 x 6, 9 x 40:
     # multiples of 8 pixels) and two warps (9 x 40).
     inputs = plane_inputs(2, 2, height, width, delta_softplus)
     errors = cuda_testing.errors_against_reference(
-        inputs, partial(emulated_scan, library),
+        inputs, partial(emulated_scan, emulated_cross_library),
         cross_selective_scan_reference, dtype,
         lambda name, value: name in WEIGHT_NAMES,
         delta_softplus=delta_softplus)
     cuda_testing.assert_close(errors, dtype)
 
 
-def test_emulated_plane_kernels_without_options(library):
+def test_emulated_plane_kernels_without_options(emulated_cross_library):
     inputs = plane_inputs(1, 3, 5, 7, False, with_options=False)
     errors = cuda_testing.errors_against_reference(
-        inputs, partial(emulated_scan, library),
+        inputs, partial(emulated_scan, emulated_cross_library),
         cross_selective_scan_reference, torch.float64,
         lambda name, value: name in WEIGHT_NAMES, delta_softplus=False)
     cuda_testing.assert_close(errors, torch.float64)
@@ -84,7 +78,7 @@ def test_emulator_sees_a_broken_kernel(tmp_path):
     # The same kernels with the states dropped from the outputs: the
     # comparison must fail, or it could not fail at all.
     library = build_emulated_library(
-        'cross_plane_driver.cpp', tmp_path,
+        'cross_scan_driver.cpp', tmp_path,
         {'out_map[slot[i]] += C_map[slot[i]] * h;':
          'out_map[slot[i]] += C_map[slot[i]];'})
     inputs = plane_inputs(1, 1, 5, 6, True)
