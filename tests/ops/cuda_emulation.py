@@ -229,3 +229,72 @@ def _run_tiled(library: ctypes.CDLL, backward: bool, delta_softplus: bool,
     _call(library.emulated_cross_tiled,
           (int(u.dtype == torch.float64), int(backward), *u.shape,
            A.shape[1], int(delta_softplus)), tensors)
+
+
+class _V2MCall(ctypes.Structure):
+    """The driver's V2MCall: the shape and options of one pass."""
+    _fields_ = [(name, ctypes.c_int) for name in (
+        'batch', 'corners', 'dim', 'height', 'width', 'dstate', 'shared_u',
+        'var_B', 'var_C', 'shared_z', 'axis_col', 'delta_softplus',
+        'merge_corners')] + [('backwards_mask', ctypes.c_int64)]
+
+
+class EmulatedV2MCornerScan(torch.autograd.Function):
+    """One pass of mmssm.ops.v2m_corner_scan through the emulated kernels,
+    arguments as cuda_ops.v2m_corner_scan_cuda after its checks: float32 or
+    float64 inputs, weights (and constant B/C) in the accumulation dtype."""
+
+    @staticmethod
+    def forward(ctx, library: ctypes.CDLL, u: Tensor, delta: Tensor,
+                A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                z: Optional[Tensor], delta_bias: Optional[Tensor],
+                delta_softplus: bool, axis_col: bool, backwards_mask: int,
+                merge_corners: bool) -> Tensor:
+        inputs = [
+            None if t is None else t.detach().contiguous()
+            for t in (u, delta, A, B, C, D, z, delta_bias)
+        ]
+        batch, corners, dim, height, width = delta.shape
+        call = _V2MCall(batch, corners, dim, height, width, A.shape[1],
+                        u.dim() == 4, B.dim() == 5, C.dim() == 5,
+                        z is not None and z.dim() == 4, axis_col,
+                        delta_softplus, merge_corners, backwards_mask)
+        lines = width if axis_col else height
+        chunks = -(-(height if axis_col else width) // 16)  # kV2MChunk
+        accum = A.dtype
+        out = (torch.zeros(batch, dim, height, width, dtype=accum)
+               if merge_corners else torch.zeros_like(inputs[1]))
+        chunk_states = torch.zeros(batch, corners, chunks - 1, A.shape[1],
+                                   dim, lines, dtype=accum)
+        _call(library.emulated_v2m_corner_scan,
+              (int(accum == torch.float64), 0, ctypes.byref(call)),
+              inputs + [out, chunk_states])
+        ctx.save_for_backward(*inputs[:5], chunk_states)
+        ctx.optional = inputs[5:]
+        ctx.library, ctx.call = library, call
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        u, delta, A, B, C, chunk_states = ctx.saved_tensors
+        D, z, delta_bias = ctx.optional
+        accum = A.dtype
+
+        def zeros(t: Optional[Tensor]) -> Optional[Tensor]:
+            return None if t is None else torch.zeros(t.shape, dtype=accum)
+
+        grads = [
+            zeros(u),
+            torch.zeros_like(delta),
+            zeros(A),
+            zeros(B),
+            zeros(C),
+            zeros(D),
+            zeros(z),
+            zeros(delta_bias)
+        ]
+        _call(ctx.library.emulated_v2m_corner_scan,
+              (int(accum == torch.float64), 1, ctypes.byref(ctx.call)),
+              [u, delta, A, B, C, D, z, delta_bias, None, chunk_states,
+               dout.contiguous()] + grads)
+        return (None, *grads, None, None, None, None)

@@ -4,7 +4,6 @@
 // them, on host memory. Each returns 0, or 1 with the error message in
 // `error`.
 #include <algorithm>
-#include <cstdio>
 #include <limits>
 #include <vector>
 
@@ -78,22 +77,6 @@ void run_tiled(bool backward, int batch, int dim, int height, int width,
   mmssm::cross_scan_launch<T>(p, backward);
 }
 
-// Runs run(T{}) for float or double, turning exceptions into a message.
-template <typename Run>
-int guarded(int is_double, Run run, char *error, int error_size) {
-  try {
-    if (is_double) {
-      run(double{});
-    } else {
-      run(float{});
-    }
-  } catch (const std::exception &e) {
-    std::snprintf(error, error_size, "%s", e.what());
-    return 1;
-  }
-  return 0;
-}
-
 }  // namespace
 
 extern "C" int emulated_cross_plane(int is_double, int backward, int batch,
@@ -102,7 +85,7 @@ extern "C" int emulated_cross_plane(int is_double, int backward, int batch,
                                     void *const *tensors, char *error,
                                     int error_size) {
   cuda_emulator::device_properties.sharedMemPerBlockOptin = shared_memory;
-  return guarded(
+  return cuda_emulator::run_guarded(
       is_double,
       [&](auto type) {
         run_plane<decltype(type)>(backward, batch, dim, height, width,
@@ -116,7 +99,7 @@ extern "C" int emulated_cross_tiled(int is_double, int backward, int batch,
                                     int dstate, int delta_softplus,
                                     void *const *tensors, char *error,
                                     int error_size) {
-  return guarded(
+  return cuda_emulator::run_guarded(
       is_double,
       [&](auto type) {
         run_tiled<decltype(type)>(backward, batch, dim, height, width,

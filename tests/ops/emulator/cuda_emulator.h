@@ -3,13 +3,14 @@
 //
 // Each CUDA thread of a block is a std::thread, so the threads of a block
 // run concurrently and meet at __syncthreads as on a GPU; blocks run one
-// after another. Warp shuffles exchange values through a per-warp buffer
-// between two warp barriers, so every lane of a warp must reach them, as
-// CUDA's full masks require. __shared__ variables are static (one block
-// runs at a time), dynamic shared memory is one buffer per launch filled
-// with a garbage pattern, and atomics hold one mutex. __CUDA_ARCH__ is not
-// defined: kernels take their generic paths (no sm_90 vector atomics).
-// The fast-math intrinsics are the C library's functions.
+// after another. Warps are 32 consecutive threads in x-major order (the
+// last one may be partial). Warp shuffles exchange values through a
+// per-warp buffer between two warp barriers, so every lane of a warp must
+// reach them, as CUDA's full masks require. __shared__ variables are
+// static (one block runs at a time), dynamic shared memory is one buffer
+// per launch filled with a garbage pattern, and atomics hold one mutex.
+// __CUDA_ARCH__ is not defined: kernels take their generic paths (no sm_90
+// vector atomics). The fast-math intrinsics are the C library's functions.
 //
 // What it does not show: timing, races between blocks, and anything that
 // depends on the GPU's scheduling within a warp beyond the shuffles.
@@ -19,6 +20,7 @@
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -62,18 +64,24 @@ inline float4 make_float4(float x, float y, float z, float w) {
 using std::max;
 using std::min;
 
+inline unsigned __umulhi(unsigned x, unsigned y) {
+  return static_cast<unsigned>((static_cast<unsigned long long>(x) * y) >> 32);
+}
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 inline float __fdividef(float x, float y) { return x / y; }
 
 namespace cuda_emulator {
 
-// One warp's exchange buffer for shuffles.
+// One warp's exchange buffer for shuffles, and its threads' barrier.
 struct Warp {
-  std::barrier<> arrived{32};
+  explicit Warp(int lanes) : arrived(lanes) {}
+  std::barrier<> arrived;
   double values[32];
   long long integers[32];
 };
+
+inline thread_local int linear_thread = 0;
 
 struct Block {
   std::unique_ptr<std::barrier<>> threads;
@@ -89,8 +97,8 @@ inline unsigned char *dynamic_shared() { return dynamic_shared_memory; }
 // Every lane publishes `value`; lane `source` is read where `take`.
 template <typename T>
 T exchange(T value, int source, bool take) {
-  Warp &warp = *block.warps[threadIdx.x >> 5];
-  const int lane = threadIdx.x & 31;
+  Warp &warp = *block.warps[linear_thread >> 5];
+  const int lane = linear_thread & 31;
   if constexpr (std::is_integral_v<T>) {
     warp.integers[lane] = value;
   } else {
@@ -109,31 +117,33 @@ T exchange(T value, int source, bool take) {
   return result;
 }
 
-// Runs `kernel(args...)` on a grid of blocks of `threads.x` threads (whole
-// warps), with `shared_bytes` of dynamic shared memory.
+// Runs `kernel(args...)` on a grid of blocks of `threads` threads, with
+// `shared_bytes` of dynamic shared memory.
 template <typename Kernel, typename... Args>
 void launch(Kernel kernel, dim3 grid, dim3 threads, size_t shared_bytes,
             Args... args) {
-  if (threads.x % 32 != 0 || threads.y != 1 || threads.z != 1)
-    throw std::runtime_error("emulator: blocks must be whole warps in x");
+  const int count = threads.x * threads.y * threads.z;
   std::vector<unsigned char> shared(shared_bytes + 64);
   dynamic_shared_memory = reinterpret_cast<unsigned char *>(
       (reinterpret_cast<uintptr_t>(shared.data()) + 63) & ~uintptr_t(63));
   gridDim = {grid.x, grid.y, grid.z};
-  blockDim = {threads.x, 1, 1};
+  blockDim = {threads.x, threads.y, threads.z};
   for (unsigned z = 0; z < grid.z; ++z) {
     for (unsigned y = 0; y < grid.y; ++y) {
       for (unsigned x = 0; x < grid.x; ++x) {
         std::fill(shared.begin(), shared.end(), 0xA5);
         blockIdx = {x, y, z};
-        block.threads = std::make_unique<std::barrier<>>(threads.x);
+        block.threads = std::make_unique<std::barrier<>>(count);
         block.warps.clear();
-        for (unsigned w = 0; w < threads.x / 32; ++w)
-          block.warps.push_back(std::make_unique<Warp>());
+        for (int first = 0; first < count; first += 32)
+          block.warps.push_back(
+              std::make_unique<Warp>(std::min(32, count - first)));
         std::vector<std::thread> running;
-        for (unsigned t = 0; t < threads.x; ++t) {
+        for (int t = 0; t < count; ++t) {
           running.emplace_back([&, t] {
-            threadIdx = {t, 0, 0};
+            linear_thread = t;
+            threadIdx = {t % threads.x, t / threads.x % threads.y,
+                         t / (threads.x * threads.y)};
             kernel(args...);
           });
         }
@@ -141,6 +151,23 @@ void launch(Kernel kernel, dim3 grid, dim3 threads, size_t shared_bytes,
       }
     }
   }
+}
+
+// Runs run(T{}) for T double or float, as a driver's C entry point does:
+// returns 0, or 1 with the exception's message in `error`.
+template <typename Run>
+int run_guarded(int is_double, Run run, char *error, int error_size) {
+  try {
+    if (is_double) {
+      run(double{});
+    } else {
+      run(float{});
+    }
+  } catch (const std::exception &e) {
+    std::snprintf(error, error_size, "%s", e.what());
+    return 1;
+  }
+  return 0;
 }
 
 template <typename... Parts>
@@ -152,27 +179,32 @@ std::string message(const Parts &...parts) {
 
 }  // namespace cuda_emulator
 
-inline void __syncthreads() { cuda_emulator::block.threads->arrive_and_wait(); }
+inline void __syncthreads() {
+  cuda_emulator::block.threads->arrive_and_wait();
+}
 
 inline void __syncwarp(unsigned = 0xffffffffu) {
-  cuda_emulator::block.warps[threadIdx.x >> 5]->arrived.arrive_and_wait();
+  using cuda_emulator::block;
+  block.warps[cuda_emulator::linear_thread >> 5]->arrived.arrive_and_wait();
 }
 
 template <typename T>
 T __shfl_up_sync(unsigned, T value, int delta) {
-  const int lane = threadIdx.x & 31;
+  const int lane = cuda_emulator::linear_thread & 31;
   return cuda_emulator::exchange(value, lane - delta, lane >= delta);
 }
 
 template <typename T>
 T __shfl_down_sync(unsigned, T value, int delta) {
-  const int lane = threadIdx.x & 31;
+  const int lane = cuda_emulator::linear_thread & 31;
   return cuda_emulator::exchange(value, lane + delta, lane + delta < 32);
 }
 
 template <typename T>
 T __shfl_xor_sync(unsigned, T value, int mask) {
-  return cuda_emulator::exchange(value, (threadIdx.x & 31) ^ mask, true);
+  return cuda_emulator::exchange(value,
+                                 (cuda_emulator::linear_thread & 31) ^ mask,
+                                 true);
 }
 
 template <typename T>

@@ -17,8 +17,17 @@ inline cuda_emulator::DeviceProperties *getCurrentDeviceProperties() {
   return &cuda_emulator::device_properties;
 }
 inline int getCurrentCUDAStream() { return 0; }
+inline int current_device() { return 0; }
 }  // namespace cuda
 }  // namespace at
+
+enum EmulatedDeviceAttribute { cudaDevAttrMaxSharedMemoryPerBlockOptin };
+
+inline int cudaDeviceGetAttribute(int *value, EmulatedDeviceAttribute,
+                                  int) {
+  *value = cuda_emulator::device_properties.sharedMemPerBlockOptin;
+  return 0;
+}
 
 enum EmulatedFunctionAttribute {
   cudaFuncAttributeMaxDynamicSharedMemorySize,
