@@ -298,3 +298,61 @@ class EmulatedV2MCornerScan(torch.autograd.Function):
               [u, delta, A, B, C, D, z, delta_bias, None, chunk_states,
                dout.contiguous()] + grads)
         return (None, *grads, None, None, None, None)
+
+
+class _WavefrontCall(ctypes.Structure):
+    """The driver's WavefrontCall: the shape and options of a call."""
+    _fields_ = [(name, ctypes.c_int) for name in (
+        'batch', 'height', 'width', 'channels', 'dstate', 'tile_width',
+        'delta_softplus', 'origin_br')]
+
+
+class EmulatedWavefrontScan(torch.autograd.Function):
+    """mmssm.ops.wavefront_scan_2d through the emulated kernels, tiles of
+    ``tile_width`` columns: float32 or float64 inputs, weights in the
+    accumulation dtype, every gradient."""
+
+    @staticmethod
+    def forward(ctx, library: ctypes.CDLL, tile_width: int, x: Tensor,
+                delta_t: Tensor, delta_l: Tensor, A_t: Tensor, A_l: Tensor,
+                B_t: Tensor, B_l: Tensor, C: Tensor, D: Optional[Tensor],
+                delta_bias_t: Optional[Tensor],
+                delta_bias_l: Optional[Tensor], delta_softplus: bool,
+                origin_br: bool) -> Tensor:
+        inputs = [
+            None if t is None else t.detach().contiguous()
+            for t in (x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D,
+                      delta_bias_t, delta_bias_l)
+        ]
+        batch, height, width, channels = x.shape
+        dstate = A_t.shape[1]
+        call = _WavefrontCall(batch, height, width, channels, dstate,
+                              tile_width, delta_softplus, origin_br)
+        lanes = 1 << (dstate - 1).bit_length()
+        groups = -(-channels // (32 // lanes))
+        tiles = -(-width // min(tile_width, width))
+        out = torch.zeros_like(inputs[0])
+        boundary = torch.zeros(batch, groups, tiles - 1, height, 32,
+                               dtype=A_t.dtype)
+        _call(library.emulated_wavefront_scan,
+              (int(A_t.dtype == torch.float64), 0, ctypes.byref(call)),
+              inputs + [out, boundary])
+        ctx.save_for_backward(*inputs[:8], boundary)
+        ctx.optional = inputs[8:]
+        ctx.library, ctx.call = library, call
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        *tensors, boundary = ctx.saved_tensors
+        inputs = tensors + ctx.optional
+        accum = inputs[3].dtype
+        grads = [
+            None if t is None else
+            torch.zeros(t.shape, dtype=t.dtype if i < 3 else accum)
+            for i, t in enumerate(inputs)
+        ]
+        _call(ctx.library.emulated_wavefront_scan,
+              (int(accum == torch.float64), 1, ctypes.byref(ctx.call)),
+              inputs + [None, boundary, dout.contiguous()] + grads)
+        return (None, None, *grads, None, None)
