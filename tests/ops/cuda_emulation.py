@@ -22,7 +22,11 @@ from torch import Tensor
 
 REPO = Path(__file__).resolve().parents[2]
 KERNELS = REPO / 'csrc' / 'common'
+LAUNCHERS = REPO / 'csrc' / 'pytorch' / 'cuda'
 EMULATOR = Path(__file__).resolve().parent / 'emulator'
+# c10's Half and BFloat16, which a launcher names (the kernels run on float
+# and double only).
+TORCH_INCLUDE = Path(torch.__file__).resolve().parent / 'include'
 
 _DYNAMIC_SHARED = re.compile(
     r'extern __shared__ (?:__align__\(\d+\) )?unsigned char (\w+)\[\];')
@@ -65,12 +69,13 @@ def build_emulated_library(driver: str, build_dir: Path,
                            edits: Optional[Dict[str, str]] = None
                            ) -> ctypes.CDLL:
     """Compiles tests/ops/emulator/``driver`` against the rewritten kernel
-    headers into ``build_dir`` and loads it; skips the test without g++.
+    and launcher headers into ``build_dir`` and loads it; skips the test
+    without g++.
 
     Args:
         driver: File name of the driver in tests/ops/emulator.
         build_dir: Where the headers and the library go.
-        edits: Text of csrc/common that occurs once, and what replaces it
+        edits: Text of the headers that occurs once, and what replaces it
             (e.g. smaller blocks, or a deliberate bug).
     """
     compiler = shutil.which('g++')
@@ -80,12 +85,15 @@ def build_emulated_library(driver: str, build_dir: Path,
     source_dir.mkdir(parents=True, exist_ok=True)
     sources = {
         path.name: path.read_text()
-        for path in [*KERNELS.glob('*.h'), *(KERNELS / 'cuda').glob('*.cuh')]
+        for path in [
+            *KERNELS.glob('*.h'), *(KERNELS / 'cuda').glob('*.cuh'),
+            *LAUNCHERS.glob('*.cuh')
+        ]
     }
     for old, new in (edits or {}).items():
         found = [name for name, text in sources.items() if old in text]
         assert len(found) == 1 and sources[found[0]].count(old) == 1, (
-            f'{old!r} must occur once in csrc/common, found in {found}')
+            f'{old!r} must occur once in the headers, found in {found}')
         sources[found[0]] = sources[found[0]].replace(old, new)
     digest = hashlib.sha256()
     for name, text in sorted(sources.items()):
@@ -98,6 +106,7 @@ def build_emulated_library(driver: str, build_dir: Path,
         command = [
             compiler, '-std=c++20', '-O1', '-fPIC', '-shared', '-pthread',
             f'-I{EMULATOR / "stubs"}', f'-I{EMULATOR}', f'-I{source_dir}',
+            f'-I{TORCH_INCLUDE}',
             str(EMULATOR / driver), '-o', str(library)
         ]
         result = subprocess.run(command, capture_output=True, text=True)
@@ -356,3 +365,71 @@ class EmulatedWavefrontScan(torch.autograd.Function):
               (int(accum == torch.float64), 1, ctypes.byref(ctx.call)),
               inputs + [None, boundary, dout.contiguous()] + grads)
         return (None, None, *grads, None, None)
+
+
+class _ScanCall(ctypes.Structure):
+    """The driver's ScanCall: shape, options and launch choices."""
+    _fields_ = [(name, ctypes.c_int) for name in (
+        'batch', 'dim', 'num_dirs', 'length', 'dstate', 'height', 'width',
+        'groups_B', 'groups_C', 'delta_softplus', 'reverse', 'num_threads',
+        'num_items', 'chunk_length', 'backward_kernel')]
+
+
+# The backward kernels as the driver numbers them.
+_SCAN_BACKWARD_KERNELS = ('thread', 'warp', 'block')
+
+
+class EmulatedSelectiveScan(torch.autograd.Function):
+    """mmssm.ops.selective_scan (mamba layout) through the emulated kernels
+    the launch choices pick: ``forward`` = (threads, positions per thread,
+    chunk length; 0 for the block kernel), ``backward`` = (kernel,
+    threads, positions per thread). Float32 or float64 inputs, weights and
+    constant B/C in the accumulation dtype, every gradient."""
+
+    @staticmethod
+    def forward(ctx, library: ctypes.CDLL, forward: tuple, backward: tuple,
+                u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                D: Optional[Tensor], z: Optional[Tensor],
+                delta_bias: Optional[Tensor], delta_softplus: bool,
+                reverse: bool) -> Tensor:
+        inputs = [
+            None if t is None else t.detach().contiguous()
+            for t in (u, delta, A, B, C, D, z, delta_bias)
+        ]
+        batch, dim, length = u.shape
+        dstate = A.shape[1]
+        shape = (batch, dim, 1, length, dstate, 1, 1,
+                 B.shape[1] if B.dim() == 4 else 0,
+                 C.shape[1] if C.dim() == 4 else 0, delta_softplus, reverse)
+        kernel, threads, items = backward
+        ctx.backward_call = _ScanCall(
+            *shape, threads, items, 0, _SCAN_BACKWARD_KERNELS.index(kernel))
+        call = _ScanCall(*shape, *forward, 0)
+        out = torch.zeros_like(inputs[0])
+        y_pregate = None if z is None else torch.zeros_like(inputs[0])
+        chunk_states = torch.zeros(batch, dim, -(-length // 256), dstate,
+                                   dtype=A.dtype)  # kChunkStateStride
+        _call(library.emulated_selective_scan,
+              (int(A.dtype == torch.float64), 0, ctypes.byref(call)),
+              inputs + [out, y_pregate, chunk_states])
+        ctx.save_for_backward(*inputs[:5], chunk_states)
+        ctx.optional = inputs[5:] + [y_pregate]
+        ctx.library = library
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        u, delta, A, B, C, chunk_states = ctx.saved_tensors
+        D, z, delta_bias, y_pregate = ctx.optional
+        accum = A.dtype
+        grads = [
+            None if t is None else
+            torch.zeros(t.shape, dtype=t.dtype if i in (0, 1, 6) else accum)
+            for i, t in enumerate((u, delta, A, B, C, D, z, delta_bias))
+        ]
+        _call(ctx.library.emulated_selective_scan,
+              (int(accum == torch.float64), 1,
+               ctypes.byref(ctx.backward_call)),
+              [u, delta, A, B, C, D, z, delta_bias, None, y_pregate,
+               chunk_states, dout.contiguous()] + grads)
+        return (None, None, None, *grads, None, None)

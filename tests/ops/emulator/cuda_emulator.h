@@ -170,6 +170,18 @@ int run_guarded(int is_double, Run run, char *error, int error_size) {
   return 0;
 }
 
+// Defines a driver's C entry point `name`(is_double, backward, call,
+// tensors, error, error_size) that runs the driver's run<T>(backward,
+// *call, tensors) with a `Call` describing the call.
+#define CUDA_EMULATOR_ENTRY_POINT(name, Call)                              \
+  extern "C" int name(int is_double, int backward, const Call *call,      \
+                      void *const *tensors, char *error, int error_size) { \
+    return cuda_emulator::run_guarded(                                     \
+        is_double,                                                         \
+        [&](auto type) { run<decltype(type)>(backward, *call, tensors); }, \
+        error, error_size);                                                \
+  }
+
 template <typename... Parts>
 std::string message(const Parts &...parts) {
   std::ostringstream stream;

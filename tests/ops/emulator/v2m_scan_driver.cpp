@@ -65,12 +65,4 @@ void run(bool backward, const V2MCall &call, void *const *tensors) {
 
 }  // namespace
 
-extern "C" int emulated_v2m_corner_scan(int is_double, int backward,
-                                        const V2MCall *call,
-                                        void *const *tensors, char *error,
-                                        int error_size) {
-  return cuda_emulator::run_guarded(
-      is_double,
-      [&](auto type) { run<decltype(type)>(backward, *call, tensors); },
-      error, error_size);
-}
+CUDA_EMULATOR_ENTRY_POINT(emulated_v2m_corner_scan, V2MCall)
