@@ -20,6 +20,8 @@ import pytest
 import torch
 from torch import Tensor
 
+from mmssm.ops import cuda_ops
+
 REPO = Path(__file__).resolve().parents[2]
 KERNELS = REPO / 'csrc' / 'common'
 LAUNCHERS = REPO / 'csrc' / 'pytorch' / 'cuda'
@@ -130,10 +132,7 @@ class EmulatedCrossPlaneScan(torch.autograd.Function):
                 delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                 D: Optional[Tensor], delta_bias: Optional[Tensor],
                 delta_softplus: bool) -> Tensor:
-        inputs = [
-            None if t is None else t.detach().contiguous()
-            for t in (u, delta, A, B, C, D, delta_bias)
-        ]
+        inputs = _contiguous(u, delta, A, B, C, D, delta_bias)
         out = torch.empty_like(inputs[0])
         _run(library, shared_memory, False, delta_softplus, inputs + [out])
         ctx.save_for_backward(*inputs[:5])
@@ -146,7 +145,9 @@ class EmulatedCrossPlaneScan(torch.autograd.Function):
     def backward(ctx, dout: Tensor):
         u, delta, A, B, C = ctx.saved_tensors
         D, delta_bias = ctx.optional
-        grads = _gradient_buffers(u.dtype, u, delta, A, B, C, D, delta_bias)
+        # du is written whole, in u's dtype.
+        grads = _gradient_buffers((u, delta, A, B, C, D, delta_bias), A.dtype,
+                                  (0, 1))
         tensors = [u, delta, A, B, C, D, delta_bias, None,
                    dout.contiguous()] + grads
         _run(ctx.library, ctx.shared_memory, True, ctx.delta_softplus,
@@ -154,21 +155,20 @@ class EmulatedCrossPlaneScan(torch.autograd.Function):
         return (None, None, *grads, None)
 
 
-def _gradient_buffers(du_dtype: torch.dtype, u: Tensor, delta: Tensor,
-                      A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-                      delta_bias: Optional[Tensor]) -> list:
-    """Zeroed gradients of a cross scan's inputs, as the C++ entry point
-    gives them: du in ``du_dtype``, dB and dC in the accumulation dtype, no
-    gradient for an absent input."""
-    accum = A.dtype
+def _contiguous(*tensors: Optional[Tensor]) -> list:
+    """The tensors detached and contiguous, None kept."""
+    return [None if t is None else t.detach().contiguous() for t in tensors]
+
+
+def _gradient_buffers(inputs: Sequence[Optional[Tensor]], accum: torch.dtype,
+                      own_dtype: Sequence[int]) -> list:
+    """Zeroed gradients of ``inputs``, as the C++ entry points give them:
+    those at ``own_dtype`` in their input's dtype, the others in the
+    accumulation dtype; none for an absent input."""
     return [
-        torch.zeros(u.shape, dtype=du_dtype),
-        torch.zeros_like(delta),
-        torch.zeros_like(A),
-        torch.zeros(B.shape, dtype=accum),
-        torch.zeros(C.shape, dtype=accum),
-        None if D is None else torch.zeros_like(D),
-        None if delta_bias is None else torch.zeros_like(delta_bias),
+        None if t is None else
+        torch.zeros(t.shape, dtype=t.dtype if i in own_dtype else accum)
+        for i, t in enumerate(inputs)
     ]
 
 
@@ -201,14 +201,11 @@ class EmulatedCrossTiledScan(torch.autograd.Function):
     def forward(ctx, library: ctypes.CDLL, u: Tensor, delta: Tensor,
                 A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                 delta_bias: Optional[Tensor], delta_softplus: bool) -> Tensor:
-        inputs = [
-            None if t is None else t.detach().contiguous()
-            for t in (u, delta, A, B, C, D, delta_bias)
-        ]
+        inputs = _contiguous(u, delta, A, B, C, D, delta_bias)
         batch, dim, height, width = u.shape
         dstate = A.shape[1]
         lines = max(height, width)
-        chunks = -(-lines // 16)  # kCrossChunk
+        chunks = -(-lines // cuda_ops._CROSS_CHUNK)
         # The directions add into out; the buffers the backward pass reads.
         out = torch.zeros(u.shape, dtype=A.dtype)
         chunk_states = torch.zeros(batch, 4, dim, dstate, chunks, lines,
@@ -225,7 +222,9 @@ class EmulatedCrossTiledScan(torch.autograd.Function):
     def backward(ctx, dout: Tensor):
         u, delta, A, B, C, chunk_states, line_dt = ctx.saved_tensors
         D, delta_bias = ctx.optional
-        grads = _gradient_buffers(A.dtype, u, delta, A, B, C, D, delta_bias)
+        # The directions add into du, in the accumulation dtype.
+        grads = _gradient_buffers((u, delta, A, B, C, D, delta_bias), A.dtype,
+                                  (1, ))
         tensors = [u, delta, A, B, C, D, delta_bias, None, chunk_states,
                    line_dt, dout.contiguous()] + grads
         _run_tiled(ctx.library, True, ctx.delta_softplus, tensors)
@@ -259,17 +258,14 @@ class EmulatedV2MCornerScan(torch.autograd.Function):
                 z: Optional[Tensor], delta_bias: Optional[Tensor],
                 delta_softplus: bool, axis_col: bool, backwards_mask: int,
                 merge_corners: bool) -> Tensor:
-        inputs = [
-            None if t is None else t.detach().contiguous()
-            for t in (u, delta, A, B, C, D, z, delta_bias)
-        ]
+        inputs = _contiguous(u, delta, A, B, C, D, z, delta_bias)
         batch, corners, dim, height, width = delta.shape
         call = _V2MCall(batch, corners, dim, height, width, A.shape[1],
                         u.dim() == 4, B.dim() == 5, C.dim() == 5,
                         z is not None and z.dim() == 4, axis_col,
                         delta_softplus, merge_corners, backwards_mask)
         lines = width if axis_col else height
-        chunks = -(-(height if axis_col else width) // 16)  # kV2MChunk
+        chunks = -(-(height if axis_col else width) // cuda_ops._V2M_CHUNK)
         accum = A.dtype
         out = (torch.zeros(batch, dim, height, width, dtype=accum)
                if merge_corners else torch.zeros_like(inputs[1]))
@@ -288,20 +284,9 @@ class EmulatedV2MCornerScan(torch.autograd.Function):
         u, delta, A, B, C, chunk_states = ctx.saved_tensors
         D, z, delta_bias = ctx.optional
         accum = A.dtype
-
-        def zeros(t: Optional[Tensor]) -> Optional[Tensor]:
-            return None if t is None else torch.zeros(t.shape, dtype=accum)
-
-        grads = [
-            zeros(u),
-            torch.zeros_like(delta),
-            zeros(A),
-            zeros(B),
-            zeros(C),
-            zeros(D),
-            zeros(z),
-            zeros(delta_bias)
-        ]
+        # du and dz in the accumulation dtype (shared ones collect corners).
+        grads = _gradient_buffers((u, delta, A, B, C, D, z, delta_bias),
+                                  accum, (1, ))
         _call(ctx.library.emulated_v2m_corner_scan,
               (int(accum == torch.float64), 1, ctypes.byref(ctx.call)),
               [u, delta, A, B, C, D, z, delta_bias, None, chunk_states,
@@ -328,17 +313,13 @@ class EmulatedWavefrontScan(torch.autograd.Function):
                 delta_bias_t: Optional[Tensor],
                 delta_bias_l: Optional[Tensor], delta_softplus: bool,
                 origin_br: bool) -> Tensor:
-        inputs = [
-            None if t is None else t.detach().contiguous()
-            for t in (x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D,
-                      delta_bias_t, delta_bias_l)
-        ]
+        inputs = _contiguous(x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D,
+                             delta_bias_t, delta_bias_l)
         batch, height, width, channels = x.shape
         dstate = A_t.shape[1]
         call = _WavefrontCall(batch, height, width, channels, dstate,
                               tile_width, delta_softplus, origin_br)
-        lanes = 1 << (dstate - 1).bit_length()
-        groups = -(-channels // (32 // lanes))
+        groups = -(-channels // (32 // cuda_ops._lanes_per_channel(dstate)))
         tiles = -(-width // min(tile_width, width))
         out = torch.zeros_like(inputs[0])
         boundary = torch.zeros(batch, groups, tiles - 1, height, 32,
@@ -356,11 +337,7 @@ class EmulatedWavefrontScan(torch.autograd.Function):
         *tensors, boundary = ctx.saved_tensors
         inputs = tensors + ctx.optional
         accum = inputs[3].dtype
-        grads = [
-            None if t is None else
-            torch.zeros(t.shape, dtype=t.dtype if i < 3 else accum)
-            for i, t in enumerate(inputs)
-        ]
+        grads = _gradient_buffers(inputs, accum, (0, 1, 2))
         _call(ctx.library.emulated_wavefront_scan,
               (int(accum == torch.float64), 1, ctypes.byref(ctx.call)),
               inputs + [None, boundary, dout.contiguous()] + grads)
@@ -392,10 +369,7 @@ class EmulatedSelectiveScan(torch.autograd.Function):
                 D: Optional[Tensor], z: Optional[Tensor],
                 delta_bias: Optional[Tensor], delta_softplus: bool,
                 reverse: bool) -> Tensor:
-        inputs = [
-            None if t is None else t.detach().contiguous()
-            for t in (u, delta, A, B, C, D, z, delta_bias)
-        ]
+        inputs = _contiguous(u, delta, A, B, C, D, z, delta_bias)
         batch, dim, length = u.shape
         dstate = A.shape[1]
         shape = (batch, dim, 1, length, dstate, 1, 1,
@@ -407,8 +381,9 @@ class EmulatedSelectiveScan(torch.autograd.Function):
         call = _ScanCall(*shape, *forward, 0)
         out = torch.zeros_like(inputs[0])
         y_pregate = None if z is None else torch.zeros_like(inputs[0])
-        chunk_states = torch.zeros(batch, dim, -(-length // 256), dstate,
-                                   dtype=A.dtype)  # kChunkStateStride
+        chunk_states = torch.zeros(batch, dim,
+                                   -(-length // cuda_ops._STATE_STRIDE),
+                                   dstate, dtype=A.dtype)
         _call(library.emulated_selective_scan,
               (int(A.dtype == torch.float64), 0, ctypes.byref(call)),
               inputs + [out, y_pregate, chunk_states])
@@ -422,11 +397,8 @@ class EmulatedSelectiveScan(torch.autograd.Function):
         u, delta, A, B, C, chunk_states = ctx.saved_tensors
         D, z, delta_bias, y_pregate = ctx.optional
         accum = A.dtype
-        grads = [
-            None if t is None else
-            torch.zeros(t.shape, dtype=t.dtype if i in (0, 1, 6) else accum)
-            for i, t in enumerate((u, delta, A, B, C, D, z, delta_bias))
-        ]
+        grads = _gradient_buffers((u, delta, A, B, C, D, z, delta_bias),
+                                  accum, (0, 1, 6))
         _call(ctx.library.emulated_selective_scan,
               (int(accum == torch.float64), 1,
                ctypes.byref(ctx.backward_call)),
