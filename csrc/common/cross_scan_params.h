@@ -34,6 +34,22 @@ constexpr int kCrossPlaneMaxThreads = 512;
 // pixel for k >= 2 (lines and positions in reverse). The state runs on
 // from the end of one line into the next line of the walk.
 //
+// Maps of more than kCrossPlaneMaxPixels pixels (and sides of at most that)
+// take the plane kernels in bands (csrc/common/cuda/cross_band_kernel.cuh):
+// row bands of band_rows rows for directions 0 and 2, column bands of
+// band_cols columns for 1 and 3, each of at most kCrossPlaneMaxPixels
+// pixels. Their buffers, bands innermost (max_lines = max(H, W) bounds the
+// band counts):
+//   chunk_states: (batch, 4, dim, 1, 1, max_lines), the state entering each
+//     band of a direction's walk (saved for the backward pass)
+//   line_adjoint: (batch, 4, dim, 1, max_lines), the adjoint entering each
+//     band (scratch)
+//   band_totals: (batch, 4, dim, max_lines) affine maps of the accumulation
+//     type, each band's walk (scratch)
+//   band_sum: (batch, dim, H, W) in the accumulation type, the row bands'
+//     sum of out (du) that the column bands add to (scratch)
+// and line_dt is empty.
+//
 // Per-line and per-chunk buffers, lines innermost (a warp's lanes own
 // consecutive lines), sized for the longer axis:
 //   line_states, line_adjoint: (batch, 4, dim, dstate, max_lines)
@@ -82,7 +98,34 @@ struct CrossScanParams {
   void *dC = nullptr;
   void *dD = nullptr;
   void *ddelta_bias = nullptr;
+
+  // Banded plane kernels (set_cross_bands); zero counts for other calls.
+  int band_rows = 0;
+  int band_cols = 0;
+  int row_bands = 0;
+  int col_bands = 0;
+  void *band_totals = nullptr;
+  void *band_sum = nullptr;
 };
+
+// Sets the band geometry of a plane call whose map has more than
+// kCrossPlaneMaxPixels pixels: as many whole rows (columns) per band as the
+// budget holds; whole multiples of kCrossPlaneItems columns where a band
+// holds that many, so that a thread's run of pixels lies in one row.
+inline void set_cross_bands(CrossScanParams &p) {
+  if (!p.plane || p.height * p.width <= kCrossPlaneMaxPixels) return;
+  p.band_rows = kCrossPlaneMaxPixels / p.width;
+  p.row_bands = (p.height + p.band_rows - 1) / p.band_rows;
+  int columns = kCrossPlaneMaxPixels / p.height;
+  if (columns >= kCrossPlaneItems) columns -= columns % kCrossPlaneItems;
+  p.band_cols = columns;
+  p.col_bands = (p.width + columns - 1) / columns;
+}
+
+// Whether a call runs on the banded plane kernels.
+inline bool cross_banded(const CrossScanParams &p) {
+  return p.plane && p.row_bands > 0;
+}
 
 // Runs the forward pass (fills out, line_dt and chunk_states, using
 // line_states as scratch) or the backward pass (fills the gradients, using

@@ -49,11 +49,16 @@ CrossScanParams make_cross_params(const at::Tensor &u, const at::Tensor &delta,
   TORCH_CHECK(dstate >= 1 && dstate <= kCrossMaxStates, "cross scan: the "
               "state size N (A.size(1)) must be in [1, ", kCrossMaxStates,
               "], got ", dstate);
-  TORCH_CHECK(!plane || (dstate == 1 && height * width <=
-                                            kCrossPlaneMaxPixels),
-              "cross scan: the plane kernels take one state (N = 1) and maps "
-              "of at most ", kCrossPlaneMaxPixels, " pixels, got N = ",
-              dstate, " and a ", height, " x ", width, " map");
+  TORCH_CHECK(!plane || dstate == 1, "cross scan: the plane kernels take "
+              "one state (N = 1), got N = ", dstate);
+  // Larger maps take the plane kernels in bands of whole rows or columns.
+  TORCH_CHECK(!plane || height * width <= kCrossPlaneMaxPixels ||
+                  (height <= kCrossPlaneMaxPixels &&
+                   width <= kCrossPlaneMaxPixels),
+              "cross scan: for the plane kernels the height and width must "
+              "be at most ", kCrossPlaneMaxPixels, " (or the map at most ",
+              kCrossPlaneMaxPixels, " pixels), got a ", height, " x ", width,
+              " map");
   const auto acc = accum_type(dtype);
   check_op_tensor(kOpName, delta, "delta", u, dtype,
                   {batch, 4, dim, height, width});
@@ -70,11 +75,15 @@ CrossScanParams make_cross_params(const at::Tensor &u, const at::Tensor &delta,
   params.height = height;
   params.width = width;
   params.dstate = dstate;
-  // The plane kernels save nothing: empty line and chunk buffers.
-  params.max_lines = plane ? 0 : std::max(height, width);
-  params.max_chunks = (params.max_lines + kCrossChunk - 1) / kCrossChunk;
   params.delta_softplus = delta_softplus;
   params.plane = plane;
+  set_cross_bands(params);
+  // The plane kernels on a whole map save nothing (empty line and chunk
+  // buffers); in bands, the state entering each band (one chunk per line).
+  params.max_lines = plane && !cross_banded(params) ? 0
+                                                    : std::max(height, width);
+  const int64_t chunks = (params.max_lines + kCrossChunk - 1) / kCrossChunk;
+  params.max_chunks = cross_banded(params) ? 1 : chunks;
   params.u = u.data_ptr();
   params.delta = delta.data_ptr();
   params.A = A.data_ptr();
@@ -90,8 +99,25 @@ std::vector<int64_t> line_shape(const CrossScanParams &params) {
   return {params.batch, 4, params.dim, params.dstate, params.max_lines};
 }
 
+// The tiled kernels' step sums of each line (none for the plane kernels).
 std::vector<int64_t> line_dt_shape(const CrossScanParams &params) {
-  return {params.batch, 4, params.dim, params.max_lines};
+  return {params.batch, 4, params.dim,
+          params.plane ? 0 : params.max_lines};
+}
+
+// The banded kernels' scratch (cross_scan_params.h): band_totals, two
+// values per band, and band_sum; nothing for other calls.
+std::vector<at::Tensor> band_scratch(CrossScanParams &params,
+                                     const at::Tensor &u,
+                                     const at::TensorOptions &acc_options) {
+  if (!cross_banded(params)) return {};
+  std::vector<at::Tensor> scratch = {
+      at::empty({params.batch, 4, params.dim, params.max_lines, 2},
+                acc_options),
+      at::empty(u.sizes(), acc_options)};
+  params.band_totals = scratch[0].data_ptr();
+  params.band_sum = scratch[1].data_ptr();
+  return scratch;
 }
 
 std::vector<int64_t> chunk_states_shape(const CrossScanParams &params) {
@@ -146,6 +172,7 @@ std::vector<at::Tensor> cross_scan_forward(
   params.line_states = line_states.data_ptr();
   params.line_dt = line_dt.data_ptr();
   params.chunk_states = chunk_states.data_ptr();
+  const auto scratch = band_scratch(params, u, acc_options);
   launch_cross(params, u.scalar_type(), false);
   return {out, chunk_states, line_dt};
 }
@@ -191,6 +218,7 @@ std::vector<at::Tensor> cross_scan_backward(
   params.dD = D.has_value() ? dD.data_ptr() : nullptr;
   params.ddelta_bias = delta_bias.has_value() ? ddelta_bias.data_ptr()
                                               : nullptr;
+  const auto scratch = band_scratch(params, u, acc_options);
   launch_cross(params, dtype, true);
   return {du, ddelta, dA, dB, dC, dD, ddelta_bias};
 }

@@ -551,13 +551,14 @@ def _cross_uses_planes(height: int,
     supported GPU allows; in float64 it takes twice that, more than an
     sm_80 GPU's 163 KB, so float64 maps are checked against ``device``.
     """
-    pixels = height * width
-    if num_states != 1 or pixels > _CROSS_PLANE_MAX_PIXELS:
+    if num_states != 1 or max(height, width) > _CROSS_PLANE_MAX_PIXELS:
         return False
     if dtype != torch.float64:
         return True
     # Each map covers the steps of the block's threads (whole warps of
-    # _CROSS_PLANE_ITEMS steps each), plus a padding slot per 32.
+    # _CROSS_PLANE_ITEMS steps each), plus a padding slot per 32; a band
+    # of a larger map holds up to _CROSS_PLANE_MAX_PIXELS pixels.
+    pixels = min(height * width, _CROSS_PLANE_MAX_PIXELS)
     steps = _CROSS_PLANE_ITEMS * 32
     cover = (pixels + steps - 1) // steps * steps
     needed = _CROSS_PLANE_BACKWARD_MAPS * (cover + cover // 32 + 1) * 8
@@ -589,13 +590,16 @@ def _cross_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
 
 def _cross_buffer_shapes(u: Tensor, A: Tensor,
                          plane: bool) -> tuple[tuple, tuple]:
-    """Shapes of the chunk states and line step sums the forward saves (the
-    plane kernels save none)."""
+    """Shapes of the chunk states and line step sums the forward saves: the
+    plane kernels save none on a whole map, and on a map in bands the state
+    entering each band (one chunk per line, no step sums)."""
     batch, dim, height, width = u.shape
-    max_lines = 0 if plane else max(height, width)
-    max_chunks = -(-max_lines // _CROSS_CHUNK)
+    banded = plane and height * width > _CROSS_PLANE_MAX_PIXELS
+    max_lines = max(height, width) if banded or not plane else 0
+    max_chunks = 1 if banded else -(-max_lines // _CROSS_CHUNK)
     return ((batch, _CROSS_DIRECTIONS, dim, A.shape[1], max_chunks,
-             max_lines), (batch, _CROSS_DIRECTIONS, dim, max_lines))
+             max_lines), (batch, _CROSS_DIRECTIONS, dim,
+                          0 if plane else max_lines))
 
 
 @_cross_forward.register_fake

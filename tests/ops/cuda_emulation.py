@@ -124,8 +124,9 @@ def _pointer(tensor: Optional[Tensor]) -> Optional[int]:
 
 class EmulatedCrossPlaneScan(torch.autograd.Function):
     """mmssm.ops.cross_selective_scan with one state through the emulated
-    plane kernels: float32 or float64 inputs (weights in the accumulation
-    dtype), every gradient."""
+    plane kernels (in bands on maps over the library's band budget): float32
+    or float64 inputs (weights in the accumulation dtype), every
+    gradient."""
 
     @staticmethod
     def forward(ctx, library: ctypes.CDLL, shared_memory: int, u: Tensor,
@@ -134,8 +135,14 @@ class EmulatedCrossPlaneScan(torch.autograd.Function):
                 delta_softplus: bool) -> Tensor:
         inputs = _contiguous(u, delta, A, B, C, D, delta_bias)
         out = torch.empty_like(inputs[0])
-        _run(library, shared_memory, False, delta_softplus, inputs + [out])
-        ctx.save_for_backward(*inputs[:5])
+        # The states entering the bands, as make_cross_params sizes them;
+        # unused on a whole map.
+        batch, dim, height, width = u.shape
+        entering = torch.zeros(batch, 4, dim, 1, 1, max(height, width),
+                               dtype=A.dtype)
+        _run(library, shared_memory, False, delta_softplus,
+             inputs + [out, entering])
+        ctx.save_for_backward(*inputs[:5], entering)
         ctx.optional = inputs[5:]
         ctx.library, ctx.shared_memory = library, shared_memory
         ctx.delta_softplus = delta_softplus
@@ -143,12 +150,12 @@ class EmulatedCrossPlaneScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout: Tensor):
-        u, delta, A, B, C = ctx.saved_tensors
+        u, delta, A, B, C, entering = ctx.saved_tensors
         D, delta_bias = ctx.optional
         # du is written whole, in u's dtype.
         grads = _gradient_buffers((u, delta, A, B, C, D, delta_bias), A.dtype,
                                   (0, 1))
-        tensors = [u, delta, A, B, C, D, delta_bias, None,
+        tensors = [u, delta, A, B, C, D, delta_bias, None, entering,
                    dout.contiguous()] + grads
         _run(ctx.library, ctx.shared_memory, True, ctx.delta_softplus,
              tensors)

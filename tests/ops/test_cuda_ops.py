@@ -178,14 +178,30 @@ def test_cross_scan_takes_tiles_for_few_sequences():
     assert not cuda_ops._cross_uses_tiles(2, 96, 5)  # too many states
 
 
-def test_cross_scan_takes_planes_for_one_state_on_small_maps():
+def test_cross_scan_takes_planes_for_one_state():
     assert cuda_ops._cross_uses_planes(56, 56, 1)  # VMamba stage 1 at 224²
     assert cuda_ops._cross_uses_planes(50, 80, 1)  # stage 3 at 1280x800
-    assert cuda_ops._cross_uses_planes(64, 64, 1)  # the largest map
+    assert cuda_ops._cross_uses_planes(64, 64, 1)  # the largest whole map
     assert cuda_ops._cross_uses_planes(1, 4096, 1)
-    assert not cuda_ops._cross_uses_planes(65, 64, 1)
-    assert not cuda_ops._cross_uses_planes(200, 320, 1)  # stage 1, 1280x800
+    # Larger maps in bands of whole rows and columns.
+    assert cuda_ops._cross_uses_planes(65, 64, 1)
+    assert cuda_ops._cross_uses_planes(200, 320, 1)  # stage 1, 1280x800
+    assert cuda_ops._cross_uses_planes(4096, 4096, 1)
+    assert not cuda_ops._cross_uses_planes(1, 4097, 1)  # a side too long
+    assert not cuda_ops._cross_uses_planes(4097, 2, 1)
     assert not cuda_ops._cross_uses_planes(56, 56, 2)  # two states
+
+
+def test_cross_scan_bands_save_their_entering_states():
+    u, A = torch.empty(2, 3, 200, 320), torch.empty(12, 1)
+    # One state entering each band (at most one band per line), no sums.
+    assert cuda_ops._cross_buffer_shapes(u, A, True) == ((2, 4, 3, 1, 1, 320),
+                                                         (2, 4, 3, 0))
+    small = torch.empty(2, 3, 56, 56)
+    assert cuda_ops._cross_buffer_shapes(small, A, True) == (
+        (2, 4, 3, 1, 0, 0), (2, 4, 3, 0))
+    assert cuda_ops._cross_buffer_shapes(u, A, False) == (
+        (2, 4, 3, 1, 20, 320), (2, 4, 3, 320))
 
 
 def test_cross_scan_planes_in_float64_follow_the_shared_memory(monkeypatch):
@@ -253,10 +269,14 @@ def test_cross_scan_large_planes_match_pytorch_path(batch, dim, height,
 
 @pytest.mark.cuda
 @pytest.mark.parametrize('dtype', [torch.float16, torch.float32])
-def test_cross_scan_planes_take_unaligned_tensors(dtype):
-    # A map of 48 pixels takes vector accesses only where every tensor is
-    # 16-byte aligned; the same values 2 or 4 bytes past an aligned address
-    # take single accesses and give the same outputs and gradients.
+@pytest.mark.parametrize('shape', [(6, 8), (70, 64)])
+def test_cross_scan_planes_take_unaligned_tensors(dtype, shape):
+    # A map of 48 pixels (and one of 70 x 64, in bands) takes vector
+    # accesses only where every tensor is 16-byte aligned; the same values 2
+    # or 4 bytes past an aligned address take single accesses and give the
+    # same outputs and gradients, up to the order of the float32 sums over
+    # pixels (D's gradient, a sum of dy * u of either sign over the 4480
+    # pixels, differed by 5e-6 relative).
     def unaligned(tensor: Tensor) -> Tensor:
         storage = torch.empty(tensor.numel() + 1, dtype=dtype,
                               device=tensor.device)
@@ -264,7 +284,7 @@ def test_cross_scan_planes_take_unaligned_tensors(dtype):
         view.copy_(tensor)
         return view.detach().requires_grad_(tensor.requires_grad)
 
-    inputs = cross_inputs(2, 3, 6, 8, 1)
+    inputs = cross_inputs(2, 3, *shape, 1)
     maps = ('u', 'delta', 'B', 'C')
     aligned = {
         name: (value.to(dtype) if name in maps else value).detach()
@@ -285,7 +305,7 @@ def test_cross_scan_planes_take_unaligned_tensors(dtype):
                                     torch.ones_like(out))
         results.append([out, *grads])
     for expected, actual in zip(*results):
-        torch.testing.assert_close(actual, expected)
+        assert relative_error(actual, expected) < 1e-5
 
 
 @pytest.mark.cuda
@@ -296,10 +316,11 @@ def test_cross_scan_planes_refuse_what_they_cannot_take():
             cross['D'], cross['delta_bias'], True, True)
     with pytest.raises(RuntimeError, match='plane kernels take one state'):
         cuda_ops._cross_forward(*args)
-    big = cross_inputs(1, 1, 65, 64, 1)
-    args = (big['u'], big['delta'], big['A'], big['B'], big['C'], None,
-            None, True, True)
-    with pytest.raises(RuntimeError, match='at most 4096 pixels'):
+    long_row = cross_inputs(1, 1, 2, 4097, 1)
+    args = (long_row['u'], long_row['delta'], long_row['A'], long_row['B'],
+            long_row['C'], None, None, True, True)
+    with pytest.raises(RuntimeError,
+                       match='height and width must be at most 4096'):
         cuda_ops._cross_forward(*args)
 
 
@@ -326,6 +347,53 @@ def assert_cross_kernels_match_pytorch_path(
             ['out', 'u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias'],
             *results):
         assert relative_error(kernel, pytorch) < 1e-8, name
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('dtype', ALL_DTYPES)
+@pytest.mark.parametrize('height,width', [(67, 71), (70, 64)])
+def test_cross_scan_bands_match_reference(dtype, height, width):
+    # Maps over 4096 pixels walk in bands: 67 x 71 in row bands of 57 rows
+    # and column bands of 56 columns, single accesses; 70 x 64 in row bands
+    # of 64 rows and column bands of 56, vector accesses.
+    inputs = cross_inputs(2, 3, height, width, 1)
+    errors = errors_against_reference(
+        inputs, cuda_ops.cross_selective_scan_cuda,
+        cross_selective_scan_reference, dtype, delta_softplus=True)
+    assert_close(errors, dtype)
+
+
+@pytest.mark.cuda
+def test_cross_scan_bands_without_softplus_match_reference():
+    # Steps past a band's pixels must not give the bias a gradient.
+    inputs = cross_inputs(1, 2, 67, 71, 1)
+    inputs['delta'] = inputs['delta'].abs() * 0.1
+    inputs['delta_bias'] = inputs['delta_bias'].abs() * 0.1
+    errors = errors_against_reference(
+        inputs, cuda_ops.cross_selective_scan_cuda,
+        cross_selective_scan_reference, torch.float32, delta_softplus=False)
+    assert_close(errors, torch.float32)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('batch,dim,height,width,step', [
+    (1, 2, 200, 320, None),  # VMamba stage 1 at 1280x800: 17 + 20 bands
+    (1, 2, 200, 320, 20.0),  # every band's decay underflows
+    (1, 2, 200, 320, -6.0),  # steps of 0.0025: states run across bands
+    (2, 3, 130, 72, None),  # bands of 56 rows and of 24 columns
+    (1, 1, 4096, 3, None),  # bands of one column
+    (1, 1, 3, 4096, None),  # bands of one row
+])
+def test_cross_scan_many_bands_match_pytorch_path(batch, dim, height, width,
+                                                  step):
+    inputs = {
+        name: None if value is None else value.double()
+        for name, value in cross_inputs(batch, dim, height, width,
+                                        1).items()
+    }
+    if step is not None:
+        inputs['delta'] = torch.full_like(inputs['delta'], step)
+    assert_cross_kernels_match_pytorch_path(inputs)
 
 
 @pytest.mark.cuda
@@ -491,14 +559,16 @@ def test_tiled_cross_scan_sanitizer_clean(tool):
 @pytest.mark.parametrize('tool', ['memcheck', 'racecheck', 'synccheck'])
 def test_plane_cross_scan_sanitizer_clean(tool):
     # A partial last warp (37 x 21: 98 owners in 4 warps), a one-warp map,
-    # a partial warp of vector runs (10 x 20) and the largest map in
-    # bfloat16: every staging, scan and store path.
+    # a partial warp of vector runs (10 x 20), the largest map in bfloat16,
+    # and maps in bands with single (67 x 71) and vector accesses (70 x 64):
+    # every staging, scan and store path.
     script = (
         'import torch\n'
         'from mmssm.ops import cuda_ops\n'
         'for h, w, dt in ((37, 21, torch.float32), (3, 5, torch.float32),\n'
         '                 (10, 20, torch.float32),\n'
-        '                 (64, 64, torch.bfloat16)):\n'
+        '                 (64, 64, torch.bfloat16),\n'
+        '                 (67, 71, torch.float32), (70, 64, torch.float16)):\n'
         '    x = torch.randn(2, 3, h, w, device="cuda", dtype=dt)\n'
         '    x.requires_grad_()\n'
         '    d = torch.randn(2, 4, 3, h, w, device="cuda", dtype=dt)\n'

@@ -126,26 +126,24 @@ __device__ __forceinline__ void warp_sum_add(acc_t *target, acc_t value) {
   if ((threadIdx.x & 31) == 0) atomicAdd(target, value);
 }
 
-// One block's map. Consecutive blocks take consecutive batch elements of a
-// channel: blocks running at once then add their dB and dC into different
-// maps, where the channels of one batch element all at once contended for
-// the same addresses.
-struct PlaneView {
-  int height, width, pixels, dim, channel;
+// The (batch element, channel) map of a block, whole or in bands. Consecutive
+// blocks take consecutive batch elements of a channel: blocks running at
+// once then add their dB and dC into different maps, where the channels of
+// one batch element all at once contended for the same addresses.
+struct PlaneMapIndex {
+  int map_pixels, dim, channel;
   long long batch_index;
 
-  __device__ explicit PlaneView(const CrossScanParams &p) {
-    height = p.height;
-    width = p.width;
-    pixels = height * width;
+  __device__ explicit PlaneMapIndex(const CrossScanParams &p) {
+    map_pixels = p.height * p.width;
     dim = p.dim;
     channel = blockIdx.x / p.batch;
     batch_index = blockIdx.x % p.batch;
   }
 
-  // Offset of the map in u, out, dout and du.
+  // Offset of the map in u, out, dout, du and band_sum.
   __device__ long long map_offset() const {
-    return (batch_index * dim + channel) * pixels;
+    return (batch_index * dim + channel) * map_pixels;
   }
 
   // Index of the channel's weights of direction k in A, D, delta_bias.
@@ -153,12 +151,44 @@ struct PlaneView {
 
   // Offset of direction k's map of this channel in delta and ddelta.
   __device__ long long delta_offset(int k) const {
-    return ((batch_index * 4 + k) * dim + channel) * pixels;
+    return ((batch_index * 4 + k) * dim + channel) * map_pixels;
   }
 
   // Offset of direction k's map in B, C, dB and dC (one state).
   __device__ long long state_offset(int k) const {
-    return (batch_index * 4 + k) * pixels;
+    return (batch_index * 4 + k) * map_pixels;
+  }
+};
+
+// A block walking its whole map, in the four directions, from zero states.
+// A view gives the walked part's height, width and pixels, offset(q) of its
+// pixel q in the map, its directions and the slots of a walk; the flags say
+// whether the walks enter with carried states (kCarried), whether the sum
+// over directions starts from band_sum (kAddsSum) or ends there
+// (kStoresSum) instead of in out (du), whether the block sums D's gradient
+// (kSumsDD), and whether the shared maps hold the pixels in column-major
+// slots (kTransposed, with transposed_slot(q)).
+struct PlaneView : PlaneMapIndex {
+  static constexpr int kDirections = 4;
+  static constexpr bool kCarried = false, kAddsSum = false,
+                        kStoresSum = false, kSumsDD = true,
+                        kTransposed = false;
+  int height, width, pixels;
+
+  __device__ explicit PlaneView(const CrossScanParams &p)
+      : PlaneMapIndex(p) {
+    height = p.height;
+    width = p.width;
+    pixels = map_pixels;
+  }
+
+  __device__ __forceinline__ int offset(int q) const { return q; }
+  __device__ __forceinline__ int direction(int j) const { return j; }
+
+  // The slots of this thread's steps (from step `first`) of direction k.
+  __device__ __forceinline__ void walk_slots(
+      int k, int first, int (&slot)[kCrossPlaneItems]) const {
+    plane_walk_slots(k, first, height, width, slot);
   }
 };
 
@@ -184,56 +214,72 @@ __device__ __forceinline__ int plane_pass_step(int i) {
 
 // Calls visit(i, q, slot) for step i of this thread's share of a pass, at
 // pixel (or step past the map) q and its shared-memory slot. A run's steps
-// share one padding count (see plane_walk_slots).
-template <bool kVector, typename Visit>
-__device__ __forceinline__ void plane_for_each_step(Visit visit) {
+// share one padding count (see plane_walk_slots). A transposed view keeps
+// its pixels in column-major slots (BandView).
+template <bool kVector, typename View, typename Visit>
+__device__ __forceinline__ void plane_for_each_step(const View &view,
+                                                    Visit visit) {
+  const int first = plane_pass_step<true>(0);
+  // A run's row and column, for a transposed view with vector runs.
+  const int run_row = View::kTransposed && kVector ? first / view.width : 0;
+  const int run_col = first - run_row * view.width;
 #pragma unroll
   for (int i = 0; i < kCrossPlaneItems; ++i) {
     const int q = plane_pass_step<kVector>(i);
-    visit(i, q,
-          kVector ? plane_slot(plane_pass_step<true>(0)) + i : plane_slot(q));
+    int slot;
+    if constexpr (!View::kTransposed) {
+      slot = kVector ? plane_slot(first) + i : plane_slot(q);
+    } else if constexpr (kVector) {
+      slot = first < view.pixels
+                 ? plane_slot((run_col + i) * view.height + run_row)
+                 : plane_slot(q);
+    } else {
+      slot = view.transposed_slot(q);
+    }
+    visit(i, q, slot);
   }
 }
 
 // Loads this thread's elements of a pass over a map, all issued before any
 // is used: with one load in flight per thread the staging waited a memory
 // latency per pixel. Past the map a thread loads zero.
-template <bool kVector, typename T>
-__device__ __forceinline__ void plane_load(const T *map, int pixels,
+template <bool kVector, typename T, typename View>
+__device__ __forceinline__ void plane_load(const T *map, const View &view,
                                            T (&values)[kCrossPlaneItems]) {
   if constexpr (kVector) {
-    // A run lies wholly inside the map or wholly past it.
+    // A run lies wholly inside the walked part or wholly past it, and in
+    // consecutive pixels of the map (cross_plane_vector).
     const int first = plane_pass_step<true>(0);
     PlaneRun<T> run{};
-    if (first < pixels)
-      run = *reinterpret_cast<const PlaneRun<T> *>(map + first);
+    if (first < view.pixels)
+      run = *reinterpret_cast<const PlaneRun<T> *>(map + view.offset(first));
 #pragma unroll
     for (int i = 0; i < kCrossPlaneItems; ++i) values[i] = run.values[i];
   } else {
 #pragma unroll
     for (int i = 0; i < kCrossPlaneItems; ++i) {
       const int q = plane_pass_step<false>(i);
-      values[i] = q < pixels ? map[q] : T(0);
+      values[i] = q < view.pixels ? map[view.offset(q)] : T(0);
     }
   }
 }
 
 // Stores this thread's elements of a pass over a map, those in the map.
-template <bool kVector, typename T>
+template <bool kVector, typename T, typename View>
 __device__ __forceinline__ void plane_store(
-    T *map, int pixels, const T (&values)[kCrossPlaneItems]) {
+    T *map, const View &view, const T (&values)[kCrossPlaneItems]) {
   if constexpr (kVector) {
     const int first = plane_pass_step<true>(0);
-    if (first >= pixels) return;
+    if (first >= view.pixels) return;
     PlaneRun<T> run;
 #pragma unroll
     for (int i = 0; i < kCrossPlaneItems; ++i) run.values[i] = values[i];
-    *reinterpret_cast<PlaneRun<T> *>(map + first) = run;
+    *reinterpret_cast<PlaneRun<T> *>(map + view.offset(first)) = run;
   } else {
 #pragma unroll
     for (int i = 0; i < kCrossPlaneItems; ++i) {
       const int q = plane_pass_step<false>(i);
-      if (q < pixels) map[q] = values[i];
+      if (q < view.pixels) map[view.offset(q)] = values[i];
     }
   }
 }
@@ -241,9 +287,9 @@ __device__ __forceinline__ void plane_store(
 // Adds this thread's elements of a pass into a map (dB, dC: every channel
 // of a batch element adds into them), those in the map; a run of floats
 // with float4 atomics where the GPU has them (sm_90).
-template <bool kVector, typename acc_t>
+template <bool kVector, typename acc_t, typename View>
 __device__ __forceinline__ void plane_atomic_add(
-    acc_t *map, int pixels, const acc_t (&values)[kCrossPlaneItems]) {
+    acc_t *map, const View &view, const acc_t (&values)[kCrossPlaneItems]) {
   constexpr bool kVectorAtomics =
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
       kVector && std::is_same_v<acc_t, float>;
@@ -252,8 +298,8 @@ __device__ __forceinline__ void plane_atomic_add(
 #endif
   if constexpr (kVectorAtomics) {
     const int first = plane_pass_step<true>(0);
-    if (first >= pixels) return;
-    float4 *run = reinterpret_cast<float4 *>(map + first);
+    if (first >= view.pixels) return;
+    float4 *run = reinterpret_cast<float4 *>(map + view.offset(first));
 #pragma unroll
     for (int j = 0; j < kCrossPlaneItems / 4; ++j)
       atomicAdd(run + j, make_float4(values[4 * j], values[4 * j + 1],
@@ -262,15 +308,15 @@ __device__ __forceinline__ void plane_atomic_add(
 #pragma unroll
     for (int i = 0; i < kCrossPlaneItems; ++i) {
       const int q = plane_pass_step<kVector>(i);
-      if (q < pixels) atomicAdd(map + q, values[i]);
+      if (q < view.pixels) atomicAdd(map + view.offset(q), values[i]);
     }
   }
 }
 
 // Stages direction k's step sizes, B and C into shared maps.
-template <typename T, bool kVector, typename acc_t>
+template <typename T, bool kVector, typename acc_t, typename View>
 __device__ __forceinline__ void plane_stage_direction(
-    const CrossScanParams &p, const PlaneView &view, int k, acc_t *dt_map,
+    const CrossScanParams &p, const View &view, int k, acc_t *dt_map,
     acc_t *B_map, acc_t *C_map) {
   const T *delta = static_cast<const T *>(p.delta) + view.delta_offset(k);
   const T *B = static_cast<const T *>(p.B) + view.state_offset(k);
@@ -280,10 +326,10 @@ __device__ __forceinline__ void plane_stage_direction(
                    : acc_t(0);
   T raw_delta[kCrossPlaneItems], raw_B[kCrossPlaneItems],
       raw_C[kCrossPlaneItems];
-  plane_load<kVector>(delta, view.pixels, raw_delta);
-  plane_load<kVector>(B, view.pixels, raw_B);
-  plane_load<kVector>(C, view.pixels, raw_C);
-  plane_for_each_step<kVector>([&](int i, int q, int slot) {
+  plane_load<kVector>(delta, view, raw_delta);
+  plane_load<kVector>(B, view, raw_B);
+  plane_load<kVector>(C, view, raw_C);
+  plane_for_each_step<kVector>(view, [&](int i, int q, int slot) {
     const acc_t raw = to_acc<acc_t>(raw_delta[i]) + bias;
     const acc_t dt = p.delta_softplus ? softplus(raw) : raw;
     dt_map[slot] = q < view.pixels ? dt : acc_t(0);
@@ -321,17 +367,16 @@ struct PlaneMaps {
 // maps, and returns the map of this thread's steps of its walk with their
 // slots, decays exp(dt A) and drives dt B u (identity steps past the walk,
 // whose step sizes and u are zero).
-template <typename T, bool kVector, typename acc_t>
+template <typename T, bool kVector, typename acc_t, typename View>
 __device__ __forceinline__ AffineMap<acc_t> plane_direction_steps(
-    const CrossScanParams &p, const PlaneView &view,
+    const CrossScanParams &p, const View &view,
     const PlaneMaps<acc_t> &maps, int k, acc_t A,
     int (&slot)[kCrossPlaneItems], acc_t (&decay)[kCrossPlaneItems],
     acc_t (&drive)[kCrossPlaneItems]) {
   __syncthreads();
   plane_stage_direction<T, kVector>(p, view, k, maps.dt, maps.B, maps.C);
   __syncthreads();
-  plane_walk_slots(k, threadIdx.x * kCrossPlaneItems, view.height,
-                   view.width, slot);
+  view.walk_slots(k, threadIdx.x * kCrossPlaneItems, slot);
   AffineMap<acc_t> own = identity_map<acc_t>();
 #pragma unroll
   for (int i = 0; i < kCrossPlaneItems; ++i) {
@@ -343,60 +388,114 @@ __device__ __forceinline__ AffineMap<acc_t> plane_direction_steps(
   return own;
 }
 
-template <typename T, bool kVector>
+// The sum over directions starts from band_sum where the view adds to it
+// (the column bands, after the row bands), else from zero.
+template <bool kVector, typename acc_t, typename View>
+__device__ __forceinline__ void plane_start_sum(const CrossScanParams &p,
+                                                const View &view,
+                                                acc_t *sum_map) {
+  acc_t start[kCrossPlaneItems] = {};
+  if constexpr (View::kAddsSum) {
+    plane_load<kVector>(
+        static_cast<const acc_t *>(p.band_sum) + view.map_offset(), view,
+        start);
+  }
+  plane_for_each_step<kVector>(
+      view, [&](int i, int, int slot) { sum_map[slot] = start[i]; });
+}
+
+// The sum of D over the four directions (zero without D).
+template <typename acc_t>
+__device__ __forceinline__ acc_t plane_D_sum(const CrossScanParams &p,
+                                             const PlaneMapIndex &view) {
+  acc_t D_sum = acc_t(0);
+  if (p.D) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      D_sum += static_cast<const acc_t *>(p.D)[view.weight(k)];
+  }
+  return D_sum;
+}
+
+// Ends a block's sum over directions: the view's part of the sum map, or
+// that plus D_sum times `skip` (u forward, dy backward), into `target` (out,
+// du), or the sum alone into band_sum where the view stores it there.
+template <typename T, bool kVector, typename acc_t, typename View>
+__device__ __forceinline__ void plane_store_sum(const CrossScanParams &p,
+                                                const View &view,
+                                                const acc_t *sum_map,
+                                                const acc_t *skip_map,
+                                                acc_t D_sum, void *target) {
+  __syncthreads();
+  if constexpr (View::kStoresSum) {
+    acc_t sum[kCrossPlaneItems];
+    plane_for_each_step<kVector>(
+        view, [&](int i, int, int slot) { sum[i] = sum_map[slot]; });
+    plane_store<kVector>(static_cast<acc_t *>(p.band_sum) + view.map_offset(),
+                         view, sum);
+  } else {
+    T values[kCrossPlaneItems];
+    plane_for_each_step<kVector>(view, [&](int i, int, int slot) {
+      values[i] = from_acc<T>(sum_map[slot] + D_sum * skip_map[slot]);
+    });
+    plane_store<kVector>(static_cast<T *>(target) + view.map_offset(), view,
+                         values);
+  }
+}
+
+template <typename T, bool kVector, typename View>
 __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
     cross_plane_fwd_kernel(CrossScanParams p) {
   using acc_t = typename AccumType<T>::type;
   constexpr int kItems = kCrossPlaneItems;
   __shared__ AffineMap<acc_t> warp_totals[kCrossPlaneMaxWarps];
   extern __shared__ __align__(16) unsigned char cross_plane_fwd_shared[];
-  const PlaneView view(p);
+  const View view(p);
   const int num_warps = blockDim.x >> 5;
   const PlaneMaps<acc_t> maps(cross_plane_fwd_shared);
   acc_t *u_map = maps.u, *C_map = maps.C, *out_map = maps.sum;
 
   const T *u = static_cast<const T *>(p.u) + view.map_offset();
   T raw_u[kItems];
-  plane_load<kVector>(u, view.pixels, raw_u);
-  plane_for_each_step<kVector>([&](int i, int, int slot) {
+  plane_load<kVector>(u, view, raw_u);
+  plane_for_each_step<kVector>(view, [&](int i, int, int slot) {
     u_map[slot] = to_acc<acc_t>(raw_u[i]);
-    out_map[slot] = acc_t(0);
   });
-  acc_t D_sum = acc_t(0);
+  plane_start_sum<kVector>(p, view, out_map);
   int slot[kItems];
-  for (int k = 0; k < 4; ++k) {
+  for (int j = 0; j < View::kDirections; ++j) {
+    const int k = view.direction(j);
     const acc_t A = static_cast<const acc_t *>(p.A)[view.weight(k)];
-    if (p.D) D_sum += static_cast<const acc_t *>(p.D)[view.weight(k)];
     acc_t decay[kItems], drive[kItems];
     const AffineMap<acc_t> own =
         plane_direction_steps<T, kVector>(p, view, maps, k, A, slot, decay,
                                           drive);
-    // The walk starts from zero, so the state entering this thread's steps
-    // is the offset of the maps before it.
-    acc_t h = block_exclusive_scan<acc_t, false>(own, warp_totals, num_warps).b;
+    const AffineMap<acc_t> before =
+        block_exclusive_scan<acc_t, false>(own, warp_totals, num_warps);
+    // The state entering this thread's steps: the walk's state entering
+    // the view's part (zero for a whole map) taken through the maps of the
+    // threads before.
+    acc_t h = before.b;
+    if constexpr (View::kCarried)
+      h += before.a * view.template entering<acc_t>(p.chunk_states, k);
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       h = decay[i] * h + drive[i];
       out_map[slot[i]] += C_map[slot[i]] * h;
     }
   }
-  __syncthreads();
-  T out[kItems];
-  plane_for_each_step<kVector>([&](int i, int, int slot) {
-    out[i] = from_acc<T>(out_map[slot] + D_sum * u_map[slot]);
-  });
-  plane_store<kVector>(static_cast<T *>(p.out) + view.map_offset(),
-                       view.pixels, out);
+  plane_store_sum<T, kVector>(p, view, out_map, u_map,
+                              plane_D_sum<acc_t>(p, view), p.out);
 }
 
-template <typename T, bool kVector>
+template <typename T, bool kVector, typename View>
 __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
     cross_plane_bwd_kernel(CrossScanParams p) {
   using acc_t = typename AccumType<T>::type;
   constexpr int kItems = kCrossPlaneItems;
   __shared__ AffineMap<acc_t> warp_totals[kCrossPlaneMaxWarps];
   extern __shared__ __align__(16) unsigned char cross_plane_bwd_shared[];
-  const PlaneView view(p);
+  const View view(p);
   const int num_warps = blockDim.x >> 5;
   const PlaneMaps<acc_t> maps(cross_plane_bwd_shared);
   acc_t *u_map = maps.u, *dt_map = maps.dt, *B_map = maps.B, *C_map = maps.C;
@@ -409,29 +508,32 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
   acc_t dD_part = acc_t(0);
   {
     T raw_u[kItems], raw_dy[kItems];
-    plane_load<kVector>(u, view.pixels, raw_u);
-    plane_load<kVector>(dout, view.pixels, raw_dy);
-    plane_for_each_step<kVector>([&](int i, int, int slot) {
+    plane_load<kVector>(u, view, raw_u);
+    plane_load<kVector>(dout, view, raw_dy);
+    plane_for_each_step<kVector>(view, [&](int i, int, int slot) {
       const acc_t u_val = to_acc<acc_t>(raw_u[i]);
       const acc_t dy = to_acc<acc_t>(raw_dy[i]);
       u_map[slot] = u_val;
       dy_map[slot] = dy;
-      du_map[slot] = acc_t(0);
       dD_part += dy * u_val;
     });
   }
-  acc_t D_sum = acc_t(0);
+  plane_start_sum<kVector>(p, view, du_map);
   int slot[kItems];
-  for (int k = 0; k < 4; ++k) {
+  for (int j = 0; j < View::kDirections; ++j) {
+    const int k = view.direction(j);
     const int weight = view.weight(k);
     const acc_t A = static_cast<const acc_t *>(p.A)[weight];
-    if (p.D) D_sum += static_cast<const acc_t *>(p.D)[weight];
     // decayed_prev holds the drives until the states are known, then the
     // state before each step times its decay.
     acc_t decay[kItems], decayed_prev[kItems];
     const AffineMap<acc_t> own = plane_direction_steps<T, kVector>(
         p, view, maps, k, A, slot, decay, decayed_prev);
-    acc_t h = block_exclusive_scan<acc_t, false>(own, warp_totals, num_warps).b;
+    const AffineMap<acc_t> before =
+        block_exclusive_scan<acc_t, false>(own, warp_totals, num_warps);
+    acc_t h = before.b;
+    if constexpr (View::kCarried)
+      h += before.a * view.template entering<acc_t>(p.chunk_states, k);
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       const acc_t drive = decayed_prev[i];
@@ -439,16 +541,19 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
       h = decayed_prev[i] + drive;
     }
     // Adjoint r_t = a_t g_t, g_t = C_t dy_t + r_{t+1} = dL/dh_t, zero after
-    // the last step; a thread's map takes the r entering its last step to
-    // the r leaving its first.
+    // the walk's last step; a thread's map takes the r entering its last
+    // step to the r leaving its first.
     AffineMap<acc_t> own_adjoint = identity_map<acc_t>();
 #pragma unroll
     for (int i = kItems - 1; i >= 0; --i) {
       const acc_t Cdy = C_map[slot[i]] * dy_map[slot[i]];
       own_adjoint = compose(own_adjoint, {decay[i], decay[i] * Cdy});
     }
-    acc_t r = block_exclusive_scan<acc_t, true>(own_adjoint, warp_totals,
-                                                num_warps).b;
+    const AffineMap<acc_t> after = block_exclusive_scan<acc_t, true>(
+        own_adjoint, warp_totals, num_warps);
+    acc_t r = after.b;
+    if constexpr (View::kCarried)
+      r += after.a * view.template entering<acc_t>(p.line_adjoint, k);
     acc_t dA_part = acc_t(0), dbias_part = acc_t(0);
 #pragma unroll
     for (int i = kItems - 1; i >= 0; --i) {
@@ -466,7 +571,12 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
       // softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x)).
       const acc_t ddelta = p.delta_softplus ? -expm1_acc(-dt) * ddt : ddt;
       dA_part += g * dt * prev;
-      dbias_part += ddelta;
+      // Steps past a band's pixels carry the adjoint entering it: their
+      // zero step sizes would still give the bias a gradient without
+      // softplus.
+      if (!View::kCarried ||
+          static_cast<int>(threadIdx.x) * kItems + i < view.pixels)
+        dbias_part += ddelta;
       du_map[at] += g * dt * B;
       // Only this thread reads or writes these slots in this direction.
       dt_map[at] = ddelta;
@@ -480,25 +590,21 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
     __syncthreads();
     T ddelta[kItems];
     acc_t dB[kItems], dC[kItems];
-    plane_for_each_step<kVector>([&](int i, int, int slot) {
+    plane_for_each_step<kVector>(view, [&](int i, int, int slot) {
       ddelta[i] = from_acc<T>(dt_map[slot]);
       dB[i] = B_map[slot];
       dC[i] = C_map[slot];
     });
     plane_store<kVector>(static_cast<T *>(p.ddelta) + view.delta_offset(k),
-                         view.pixels, ddelta);
+                         view, ddelta);
     plane_atomic_add<kVector>(
-        static_cast<acc_t *>(p.dB) + view.state_offset(k), view.pixels, dB);
+        static_cast<acc_t *>(p.dB) + view.state_offset(k), view, dB);
     plane_atomic_add<kVector>(
-        static_cast<acc_t *>(p.dC) + view.state_offset(k), view.pixels, dC);
+        static_cast<acc_t *>(p.dC) + view.state_offset(k), view, dC);
   }
-  __syncthreads();
-  T du[kItems];
-  plane_for_each_step<kVector>([&](int i, int, int slot) {
-    du[i] = from_acc<T>(du_map[slot] + D_sum * dy_map[slot]);
-  });
-  plane_store<kVector>(static_cast<T *>(p.du) + map_offset, view.pixels, du);
-  if (p.dD) {
+  plane_store_sum<T, kVector>(p, view, du_map, dy_map,
+                              plane_D_sum<acc_t>(p, view), p.du);
+  if (View::kSumsDD && p.dD) {
     const acc_t dD_warp = warp_sum(dD_part);
     if ((threadIdx.x & 31) == 0) {
       for (int k = 0; k < 4; ++k)
@@ -533,35 +639,50 @@ inline bool cross_plane_vector(const CrossScanParams &p) {
   return true;
 }
 
-template <typename T>
-void cross_plane_launch(const CrossScanParams &p, bool backward) {
-  using acc_t = typename AccumType<T>::type;
-  // make_cross_params (csrc/pytorch/cross_scan.cpp) has checked the state
-  // size and the map size of a plane call.
-  const int pixels = p.height * p.width;
-  const dim3 grid(static_cast<unsigned>(p.dim) * p.batch);
-  const dim3 block(cross_plane_threads(pixels));
-  const int bytes = cross_plane_shared_bytes<acc_t>(pixels, backward);
+// Sets a kernel's dynamic shared memory to `bytes`, after checking that the
+// GPU allows it for this map.
+template <typename Kernel>
+void cross_plane_allow_shared(const CrossScanParams &p, Kernel kernel,
+                              int bytes) {
   const int limit = static_cast<int>(
       at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
   TORCH_CHECK(bytes <= limit, "cross scan: the plane kernels need ", bytes,
               " bytes of shared memory for a ", p.height, " x ", p.width,
               " map of this dtype, and this GPU allows ", limit);
+  C10_CUDA_CHECK(cudaFuncSetAttribute(
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+}
+
+// Runs the plane kernel of a pass over `grid` blocks of View, each with the
+// threads for `pixels` pixels (the most a block walks).
+template <typename T, typename View>
+void cross_plane_launch_view(const CrossScanParams &p, bool backward,
+                             bool vector, dim3 grid, int pixels) {
+  using acc_t = typename AccumType<T>::type;
+  const dim3 block(cross_plane_threads(pixels));
+  const int bytes = cross_plane_shared_bytes<acc_t>(pixels, backward);
   const auto stream = at::cuda::getCurrentCUDAStream();
   auto launch = [&](auto kernel) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    cross_plane_allow_shared(p, kernel, bytes);
     kernel<<<grid, block, bytes, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
-  const bool vector = cross_plane_vector(p);
   if (backward) {
-    launch(vector ? cross_plane_bwd_kernel<T, true>
-                  : cross_plane_bwd_kernel<T, false>);
+    launch(vector ? cross_plane_bwd_kernel<T, true, View>
+                  : cross_plane_bwd_kernel<T, false, View>);
   } else {
-    launch(vector ? cross_plane_fwd_kernel<T, true>
-                  : cross_plane_fwd_kernel<T, false>);
+    launch(vector ? cross_plane_fwd_kernel<T, true, View>
+                  : cross_plane_fwd_kernel<T, false, View>);
   }
+}
+
+template <typename T>
+void cross_plane_launch(const CrossScanParams &p, bool backward) {
+  // make_cross_params (csrc/pytorch/cross_scan.cpp) has checked the state
+  // size and the map size of a plane call.
+  cross_plane_launch_view<T, PlaneView>(
+      p, backward, cross_plane_vector(p),
+      dim3(static_cast<unsigned>(p.dim) * p.batch), p.height * p.width);
 }
 
 }  // namespace mmssm

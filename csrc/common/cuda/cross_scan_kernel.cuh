@@ -44,7 +44,7 @@
 
 #include <algorithm>
 
-#include "cross_plane_kernel.cuh"
+#include "cross_band_kernel.cuh"
 #include "cross_scan_params.h"
 // AccumType, exp_acc, expm1_acc, softplus, to_acc and from_acc.
 #include "selective_scan_kernel.cuh"
@@ -672,6 +672,10 @@ void cross_scan_launch_states(const CrossScanParams &p, bool backward) {
 
 template <typename T>
 void cross_scan_launch(const CrossScanParams &params, bool backward) {
+  if (cross_banded(params)) {
+    cross_band_launch<T>(params, backward);
+    return;
+  }
   if (params.plane) {
     cross_plane_launch<T>(params, backward);
     return;

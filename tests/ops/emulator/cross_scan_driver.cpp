@@ -1,7 +1,7 @@
 // C entry points of the emulated kernels of VMamba's cross scan
-// (csrc/common/cuda/cross_plane_kernel.cuh, cross_scan_kernel.cuh), for
-// ctypes: the buffers and params that csrc/pytorch/cross_scan.cpp gives
-// them, on host memory. Each returns 0, or 1 with the error message in
+// (csrc/common/cuda/cross_plane_kernel.cuh, cross_band_kernel.cuh,
+// cross_scan_kernel.cuh), for ctypes: the buffers and params that
+// csrc/pytorch/cross_scan.cpp gives them, on host memory. Each returns 0, or 1 with the error message in
 // `error`.
 #include <algorithm>
 #include <limits>
@@ -46,14 +46,35 @@ mmssm::CrossScanParams make_params(bool backward, int batch, int dim,
   return p;
 }
 
-// The plane kernels: out and du in T; the gradients from index 8.
+// The plane kernels, on the whole map or in bands: out and du in T; index 8
+// is chunk_states, the states entering the bands (zeroed, kept from forward
+// to backward; null for a whole map), the gradients from index 9.
 template <typename T>
 void run_plane(bool backward, int batch, int dim, int height, int width,
                bool delta_softplus, void *const *tensors) {
   mmssm::CrossScanParams p = make_params(backward, batch, dim, height, width,
-                                         1, delta_softplus, tensors, 8);
+                                         1, delta_softplus, tensors, 9);
   p.plane = true;
-  mmssm::cross_plane_launch<T>(p, backward);
+  mmssm::set_cross_bands(p);
+  if (!mmssm::cross_banded(p)) {
+    mmssm::cross_plane_launch<T>(p, backward);
+    return;
+  }
+  p.max_lines = std::max(height, width);
+  p.max_chunks = 1;
+  p.chunk_states = tensors[8];
+  // Scratch the kernels must write before they read: filled with NaN.
+  const size_t walks = static_cast<size_t>(batch) * 4 * dim;
+  std::vector<T> adjoint(walks * p.max_lines,
+                         std::numeric_limits<T>::quiet_NaN());
+  std::vector<T> totals(walks * p.max_lines * 2,
+                        std::numeric_limits<T>::quiet_NaN());
+  std::vector<T> band_sum(static_cast<size_t>(batch) * dim * height * width,
+                          std::numeric_limits<T>::quiet_NaN());
+  p.line_adjoint = adjoint.data();
+  p.band_totals = totals.data();
+  p.band_sum = band_sum.data();
+  mmssm::cross_scan_launch<T>(p, backward);
 }
 
 // The tiled kernels: out and du in the accumulation type, zeroed; index 8
