@@ -56,10 +56,11 @@ constexpr int kCrossPlaneMaxThreads = 512;
 //   line_dt: (batch, 4, dim, max_lines), sum of a line's step sizes
 //   chunk_states: (batch, 4, dim, dstate, max_chunks, max_lines), the state
 //     before each chunk of kCrossChunk positions of a line
-// The plane kernels recompute every state in the backward pass: they save
-// nothing (max_lines and max_chunks are 0) and write out and du whole, in
-// the input element type (the tiled kernels add directions into them, in
-// the accumulation type).
+// The plane kernels recompute every state in the backward pass: on a whole
+// map they save nothing (max_lines and max_chunks are 0), in bands the
+// states entering the bands (above); they write out and du whole, in the
+// input element type (the tiled kernels add directions into them, in the
+// accumulation type).
 //
 // Pointers to weights, per-line and per-chunk buffers, dB and dC, and the
 // tiled kernels' out and du, point to the accumulation type (float, or

@@ -13,11 +13,12 @@ reading every direction's inputs at their pixels and adding the four outputs
 into one map, so no (B, 4, D, H*W) copy is made.
 
 VMamba's cross scan with few states has its own kernels
-(``mmssm::cross_scan_fwd/bwd``): with one state on maps of up to 4096 pixels
-(every VMamba v2 stage at 224²) the plane kernels, one block per (batch,
-channel) map walking all four directions by block scans; otherwise the tiled
-kernels, every row or column scanned by one thread and the lines joined by a
-carry pass. Two more kernel families serve the 2D
+(``mmssm::cross_scan_fwd/bwd``): with one state the plane kernels, one block
+per (batch, channel) map of up to 4096 pixels (every VMamba v2 stage at 224²)
+walking all four directions by block scans, and on larger maps one block per
+band of whole rows or columns, the bands joined by a carry pass; otherwise
+the tiled kernels, every row or column scanned by one thread and the lines
+joined by a carry pass. Two more kernel families serve the 2D
 scans: ``mmssm::wavefront_scan_fwd/bwd``
 (Mamba2D's wavefront recurrence, one launch per pass over the whole map) and
 ``mmssm::v2m_corner_scan_fwd/bwd`` (one row or column pass of V2M's corner
@@ -507,7 +508,11 @@ def cross_selective_scan_cuda(u: Tensor,
 # (batch, channel) map in shared memory and walks the four directions by
 # block scans, summing the outputs (and in backward du) before one store.
 # H100, VMamba-T stage 1 224² batch 64, fp16, fwd / fwd+bwd ms: see
-# docs/benchmarks.md, seventh and eighth sessions. Other cases with few
+# docs/benchmarks.md, seventh and eighth sessions. Larger maps whose sides
+# are at most _CROSS_PLANE_MAX_PIXELS take the same kernels in bands of whole
+# rows and of whole columns (csrc/common/cuda/cross_band_kernel.cuh), joined
+# by a carry pass: 1.2-1.7x the tiled kernels at VMamba's detection shapes
+# (docs/benchmarks.md, tenth session). Other cases with few
 # states run on the tiled line-scan kernels
 # (csrc/common/cuda/cross_scan_kernel.cuh) where there are few sequences
 # (batch * 4 * dim below _CROSS_TILED_MAX_SEQUENCES) of up to
