@@ -412,3 +412,66 @@ class EmulatedSelectiveScan(torch.autograd.Function):
               [u, delta, A, B, C, D, z, delta_bias, None, y_pregate,
                chunk_states, dout.contiguous()] + grads)
         return (None, None, None, *grads, None, None)
+
+
+class EmulatedCrossLayoutScan(torch.autograd.Function):
+    """mmssm.ops.cross_selective_scan through the emulated selective-scan
+    kernels in their cross layout (num_dirs 4: each direction's inputs read
+    at its pixels, its outputs added into one map), as cuda_ops takes it for
+    many sequences or more than 4 states. The op's own arguments, with
+    ``forward`` = (threads, positions per thread) of the block kernel and
+    ``backward`` = (kernel: 'warp' or 'block', threads, positions per
+    thread); float32 or float64, every gradient."""
+
+    @staticmethod
+    def forward(ctx, library: ctypes.CDLL, forward: tuple, backward: tuple,
+                u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                D: Optional[Tensor], delta_bias: Optional[Tensor],
+                delta_softplus: bool) -> Tensor:
+        batch, dim, height, width = u.shape
+        length, dstate = height * width, A.shape[1]
+        directions = 4
+        inputs = _contiguous(
+            u.reshape(batch, dim, length),
+            delta.reshape(batch, directions * dim, length), A,
+            B.reshape(batch, directions, dstate, length),
+            C.reshape(batch, directions, dstate, length), D, None, delta_bias)
+        # One group of B and of C per direction.
+        shape = (batch, dim, directions, length, dstate, height, width, 1, 1,
+                 delta_softplus, False)
+        kernel, threads, items = backward
+        ctx.backward_call = _ScanCall(
+            *shape, threads, items, 0, _SCAN_BACKWARD_KERNELS.index(kernel))
+        call = _ScanCall(*shape, *forward, 0, 0)
+        # The directions add into out, in the accumulation dtype.
+        out = torch.zeros(inputs[0].shape, dtype=A.dtype)
+        chunk_states = torch.zeros(batch, directions * dim,
+                                   -(-length // cuda_ops._STATE_STRIDE),
+                                   dstate, dtype=A.dtype)
+        _call(library.emulated_selective_scan,
+              (int(A.dtype == torch.float64), 0, ctypes.byref(call)),
+              inputs + [out, None, chunk_states])
+        ctx.save_for_backward(*inputs[:5], chunk_states)
+        ctx.optional = (inputs[5], inputs[7])
+        ctx.shapes = (u.shape, delta.shape, B.shape, C.shape)
+        ctx.library = library
+        return out.view(u.shape)
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        u, delta, A, B, C, chunk_states = ctx.saved_tensors
+        D, delta_bias = ctx.optional
+        accum = A.dtype
+        # du collects the four directions, in the accumulation dtype.
+        grads = _gradient_buffers((u, delta, A, B, C, D, None, delta_bias),
+                                  accum, (1, ))
+        _call(ctx.library.emulated_selective_scan,
+              (int(accum == torch.float64), 1,
+               ctypes.byref(ctx.backward_call)),
+              [u, delta, A, B, C, D, None, delta_bias, None, None,
+               chunk_states, dout.reshape(u.shape).contiguous()] + grads)
+        du, ddelta, dA, dB, dC, dD, _, ddelta_bias = grads
+        u_shape, delta_shape, B_shape, C_shape = ctx.shapes
+        return (None, None, None, du.view(u_shape), ddelta.view(delta_shape),
+                dA, dB.view(B_shape), dC.view(C_shape), dD, ddelta_bias,
+                None)

@@ -19,10 +19,9 @@ from cuda_emulation import EmulatedSelectiveScan, build_emulated_library
 WEIGHT_NAMES = ('A', 'D', 'delta_bias')
 
 
-@pytest.fixture(scope='module')
-def library(tmp_path_factory):
-    return build_emulated_library('selective_scan_driver.cpp',
-                                  tmp_path_factory.mktemp('emulator'))
+@pytest.fixture
+def library(emulated_scan_library):
+    return emulated_scan_library
 
 
 def emulated_scan(library, forward: tuple, backward: tuple, u: Tensor,
