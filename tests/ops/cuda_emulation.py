@@ -475,3 +475,96 @@ class EmulatedCrossLayoutScan(torch.autograd.Function):
         return (None, None, None, du.view(u_shape), ddelta.view(delta_shape),
                 dA, dB.view(B_shape), dC.view(C_shape), dD, ddelta_bias,
                 None)
+
+
+class _ConvCall(ctypes.Structure):
+    """The causal conv1d driver's ConvCall."""
+    _fields_ = [(name, ctypes.c_int) for name in (
+        'batch', 'channels', 'length', 'kernel', 'reverse', 'silu')]
+
+
+class EmulatedCausalConv1d(torch.autograd.Function):
+    """mmssm.ops.causal_conv1d through the emulated kernels: x (B, E, L),
+    weight (E, 1, K) and bias (E) or None, float32 or float64 (weight and
+    bias in the accumulation dtype), every gradient."""
+
+    @staticmethod
+    def forward(ctx, library: ctypes.CDLL, x: Tensor, weight: Tensor,
+                bias: Optional[Tensor], reverse: bool, silu: bool) -> Tensor:
+        batch, channels, length = x.shape
+        kernel = weight.shape[-1]
+        inputs = _contiguous(x, weight.reshape(channels, kernel), bias)
+        ctx.call = _ConvCall(batch, channels, length, kernel, reverse, silu)
+        out = torch.empty_like(inputs[0])
+        _call(library.emulated_causal_conv1d,
+              (int(x.dtype == torch.float64), 0, ctypes.byref(ctx.call)),
+              inputs + [out])
+        ctx.save_for_backward(*inputs[:2])
+        ctx.bias = inputs[2]
+        ctx.library, ctx.weight_shape = library, weight.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        x, weight = ctx.saved_tensors
+        dx, dweight, dbias = _gradient_buffers((x, weight, ctx.bias),
+                                               weight.dtype, (0, ))
+        _call(ctx.library.emulated_causal_conv1d,
+              (int(x.dtype == torch.float64), 1, ctypes.byref(ctx.call)),
+              [x, weight, ctx.bias, None, dout.contiguous(), dx, dweight,
+               dbias])
+        return (None, dx, dweight.view(ctx.weight_shape), dbias, None, None)
+
+
+class _NormCall(ctypes.Structure):
+    """The norm driver's NormCall."""
+    _fields_ = [('rows', ctypes.c_longlong), ('positions', ctypes.c_longlong),
+                ('channels', ctypes.c_int), ('channels_first', ctypes.c_int),
+                ('rms', ctypes.c_int), ('grid', ctypes.c_int),
+                ('eps', ctypes.c_double)]
+
+
+class EmulatedNorm(torch.autograd.Function):
+    """mmssm.ops.layer_norm / rms_norm through the emulated kernels: x
+    channel-last (..., C) or channels-first (B, C, ...), the output
+    channel-last in x's dtype (float32 or float64), weight and bias in the
+    accumulation dtype or None, the backward pass on ``grid`` blocks; every
+    gradient."""
+
+    @staticmethod
+    def forward(ctx, library: ctypes.CDLL, x: Tensor, weight: Optional[Tensor],
+                bias: Optional[Tensor], eps: float, rms: bool,
+                channels_first: bool, grid: int) -> Tensor:
+        if channels_first:
+            channels = x.shape[1]
+            out_shape = (x.shape[0], *x.shape[2:], channels)
+        else:
+            channels, out_shape = x.shape[-1], x.shape
+        rows = x.numel() // channels
+        positions = rows // x.shape[0] if channels_first else 0
+        ctx.call = _NormCall(rows, positions, channels, channels_first, rms,
+                             grid, eps)
+        inputs = _contiguous(x, weight, bias)
+        out = torch.empty(rows, channels, dtype=x.dtype)
+        mean = None if rms else torch.empty(rows, dtype=x.dtype)
+        rstd = torch.empty(rows, dtype=x.dtype)
+        _call(library.emulated_norm,
+              (int(x.dtype == torch.float64), 0, ctypes.byref(ctx.call)),
+              inputs + [out, mean, rstd])
+        ctx.save_for_backward(*inputs[:1], rstd)
+        ctx.optional = (inputs[1], inputs[2], mean)
+        ctx.library = library
+        return out.view(out_shape)
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        x, rstd = ctx.saved_tensors
+        weight, bias, mean = ctx.optional
+        dx, dweight, dbias = _gradient_buffers((x, weight, bias), x.dtype,
+                                               (0, ))
+        _call(ctx.library.emulated_norm,
+              (int(x.dtype == torch.float64), 1, ctypes.byref(ctx.call)),
+              [x, weight, bias, None, mean, rstd,
+               dout.reshape(-1, ctx.call.channels).contiguous(), dx, dweight,
+               dbias])
+        return (None, dx, dweight, dbias, None, None, None, None)

@@ -70,6 +70,7 @@ inline unsigned __umulhi(unsigned x, unsigned y) {
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 inline float __fdividef(float x, float y) { return x / y; }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 
 namespace cuda_emulator {
 

@@ -11,12 +11,14 @@ struct DeviceProperties {
 inline DeviceProperties device_properties;
 }  // namespace cuda_emulator
 
+using cudaStream_t = int;
+
 namespace at {
 namespace cuda {
 inline cuda_emulator::DeviceProperties *getCurrentDeviceProperties() {
   return &cuda_emulator::device_properties;
 }
-inline int getCurrentCUDAStream() { return 0; }
+inline cudaStream_t getCurrentCUDAStream() { return 0; }
 inline int current_device() { return 0; }
 }  // namespace cuda
 }  // namespace at
