@@ -27,6 +27,8 @@
 //   needs a branch (plane_cover).
 // - The backward pass recomputes the states with the same block scan, so
 //   the forward pass saves nothing.
+// - The kernels see their map through a view (PlaneView here): larger maps
+//   run them band by band, from carried states (cross_band_kernel.cuh).
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>
