@@ -23,8 +23,9 @@ from mmengine.runner import Runner
 from mmssm.utils import register_mmengine_safe_globals
 from mmssm.utils.run_setup import (check_backbone_registered,
                                    check_checkpoint_file, check_dataset_paths,
-                                   init_config_scope, load_tool_config,
-                                   parse_tool_args, prepare_cpu_distributed)
+                                   finish_distributed, init_config_scope,
+                                   load_tool_config, parse_tool_args,
+                                   prepare_cpu_distributed)
 
 
 def parse_args() -> argparse.Namespace:
@@ -99,6 +100,7 @@ def main() -> None:
         # numpy scalars print as plain numbers in JSON.
         print(f'Metrics: {json.dumps(metrics, default=float)}')
         print(f'Logs: {runner.log_dir}')
+    finish_distributed()
 
 
 if __name__ == '__main__':

@@ -26,9 +26,9 @@ from mmssm.utils import register_mmengine_safe_globals
 from mmssm.utils.run_setup import (check_backbone_registered,
                                    check_checkpoint_file, check_dataset_paths,
                                    check_pretrained_checkpoints,
-                                   init_config_scope, last_checkpoint,
-                                   load_tool_config, parse_tool_args,
-                                   prepare_cpu_distributed)
+                                   finish_distributed, init_config_scope,
+                                   last_checkpoint, load_tool_config,
+                                   parse_tool_args, prepare_cpu_distributed)
 
 
 def parse_args() -> argparse.Namespace:
@@ -117,6 +117,7 @@ def main() -> None:
     if is_main_process():
         print(f'Logs: {runner.log_dir}')
         print(f'Last checkpoint: {last_checkpoint(runner.work_dir)}')
+    finish_distributed()
 
 
 if __name__ == '__main__':

@@ -221,6 +221,20 @@ def prepare_cpu_distributed(cfg: Config, launcher: str) -> None:
     cfg.model_wrapper_cfg = wrapper
 
 
+def finish_distributed() -> None:
+    """Tear down the process group of a distributed run, if there is one.
+
+    Neither mmengine nor torch does it at exit, and a gloo group left to the
+    interpreter's shutdown once aborted a rank of a two-process evaluation
+    after it had printed its metrics ("terminate called without an active
+    exception"). The barrier keeps a rank from tearing the group down while
+    another still uses it.
+    """
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()
+
+
 def last_checkpoint(work_dir: str) -> Optional[str]:
     """Path of the newest checkpoint recorded by mmengine's CheckpointHook.
 
