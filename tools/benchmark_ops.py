@@ -240,6 +240,8 @@ def benchmark_cases() -> List[Case]:
                         384, 14, 14, 1, fp16),
         cross_scan_case('VMamba-T stage 1 1280×800 b2 (D=96, 200×320, N=1)',
                         2, 96, 200, 320, 1, fp16),
+        cross_scan_case('VMamba-T stage 2 1280×800 b2 (D=192, 100×160, N=1)',
+                        2, 192, 100, 160, 1, fp16),
         cross_scan_case('VMamba-S stage 1 1333×800 b2 (D=96, 200×334, N=1)',
                         2, 96, 200, 334, 1, fp16),
         wavefront_case('Mamba2D-T stage 1 224² b64 (E=64, 56×56, N=16)', 64,
