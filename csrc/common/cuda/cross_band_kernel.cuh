@@ -155,9 +155,7 @@ __device__ __forceinline__ AffineMap<acc_t> row_band_total(
   constexpr int kItems = kCrossPlaneItems;
   const int weight = view.weight(k);
   const acc_t A = static_cast<const acc_t *>(p.A)[weight];
-  const acc_t bias =
-      p.delta_bias ? static_cast<const acc_t *>(p.delta_bias)[weight]
-                   : acc_t(0);
+  const acc_t bias = plane_delta_bias<acc_t>(p, weight);
   T raw_delta[kItems], raw_factor[kItems];
   band_load_run<kVector>(
       static_cast<const T *>(p.delta) + view.delta_offset(k), view,
@@ -237,9 +235,7 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
     const int k = view.direction(j);
     const int weight = view.weight(k);
     const acc_t A = static_cast<const acc_t *>(p.A)[weight];
-    const acc_t bias =
-        p.delta_bias ? static_cast<const acc_t *>(p.delta_bias)[weight]
-                     : acc_t(0);
+    const acc_t bias = plane_delta_bias<acc_t>(p, weight);
     // Every thread has read the previous direction's maps.
     __syncthreads();
     {

@@ -315,6 +315,15 @@ __device__ __forceinline__ void plane_atomic_add(
   }
 }
 
+// Direction k's delta bias of a channel, at index `weight` (zero without
+// one).
+template <typename acc_t>
+__device__ __forceinline__ acc_t plane_delta_bias(const CrossScanParams &p,
+                                                  int weight) {
+  return p.delta_bias ? static_cast<const acc_t *>(p.delta_bias)[weight]
+                      : acc_t(0);
+}
+
 // Stages direction k's step sizes, B and C into shared maps.
 template <typename T, bool kVector, typename acc_t, typename View>
 __device__ __forceinline__ void plane_stage_direction(
@@ -323,9 +332,7 @@ __device__ __forceinline__ void plane_stage_direction(
   const T *delta = static_cast<const T *>(p.delta) + view.delta_offset(k);
   const T *B = static_cast<const T *>(p.B) + view.state_offset(k);
   const T *C = static_cast<const T *>(p.C) + view.state_offset(k);
-  const acc_t bias =
-      p.delta_bias ? static_cast<const acc_t *>(p.delta_bias)[view.weight(k)]
-                   : acc_t(0);
+  const acc_t bias = plane_delta_bias<acc_t>(p, view.weight(k));
   T raw_delta[kCrossPlaneItems], raw_B[kCrossPlaneItems],
       raw_C[kCrossPlaneItems];
   plane_load<kVector>(delta, view, raw_delta);
