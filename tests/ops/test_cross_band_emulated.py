@@ -2,16 +2,12 @@
 run on the CPU by the CUDA emulator, against the float64 reference. Most
 cases build the kernels with a band budget of 256 pixels instead of 4096, so
 that small maps take many bands of every shape."""
-from functools import partial
-
 import pytest
 import torch
 
-from mmssm.ops.reference import cross_selective_scan_reference
-
 import cuda_testing
 from cuda_emulation import build_emulated_library
-from test_cross_plane_emulated import WEIGHT_NAMES, emulated_scan, plane_inputs
+from test_cross_plane_emulated import errors_against_reference, plane_inputs
 
 SMALL_BUDGET = {
     'constexpr int kCrossPlaneMaxPixels = 4096;':
@@ -36,11 +32,7 @@ def slowly_decaying(inputs):
 
 
 def assert_matches_reference(library, inputs, dtype, delta_softplus):
-    errors = cuda_testing.errors_against_reference(
-        inputs, partial(emulated_scan, library),
-        cross_selective_scan_reference, dtype,
-        lambda name, value: name in WEIGHT_NAMES,
-        delta_softplus=delta_softplus)
+    errors = errors_against_reference(library, inputs, dtype, delta_softplus)
     cuda_testing.assert_close(errors, dtype)
 
 
@@ -96,9 +88,6 @@ def test_emulator_sees_a_broken_band_kernel(tmp_path, edit):
     library = build_emulated_library('cross_scan_driver.cpp', tmp_path,
                                      {**SMALL_BUDGET, **edit})
     inputs = slowly_decaying(plane_inputs(1, 1, 17, 19, False))
-    errors = cuda_testing.errors_against_reference(
-        inputs, partial(emulated_scan, library),
-        cross_selective_scan_reference, torch.float64,
-        lambda name, value: name in WEIGHT_NAMES, delta_softplus=False)
+    errors = errors_against_reference(library, inputs, torch.float64, False)
     with pytest.raises(AssertionError):
         cuda_testing.assert_close(errors, torch.float64)

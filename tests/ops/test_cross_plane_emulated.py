@@ -47,6 +47,18 @@ def plane_inputs(batch: int, dim: int, height: int, width: int,
     }
 
 
+def errors_against_reference(library, inputs: Dict[str, Optional[Tensor]],
+                             dtype: torch.dtype,
+                             delta_softplus: bool) -> Dict[str, object]:
+    """Errors of the emulated kernels of ``library`` against the float64
+    reference (see cuda_testing.errors_against_reference)."""
+    return cuda_testing.errors_against_reference(
+        inputs, partial(emulated_scan, library),
+        cross_selective_scan_reference, dtype,
+        lambda name, value: name in WEIGHT_NAMES,
+        delta_softplus=delta_softplus)
+
+
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 @pytest.mark.parametrize('delta_softplus', [True, False])
 @pytest.mark.parametrize('height,width', [(7, 9), (1, 13), (11, 1),
@@ -57,20 +69,15 @@ def test_emulated_plane_kernels_match_reference(emulated_cross_library, dtype,
     # A partial warp (7 x 9), one-pixel lines, vector runs (8 x 6, 9 x 40:
     # multiples of 8 pixels) and two warps (9 x 40).
     inputs = plane_inputs(2, 2, height, width, delta_softplus)
-    errors = cuda_testing.errors_against_reference(
-        inputs, partial(emulated_scan, emulated_cross_library),
-        cross_selective_scan_reference, dtype,
-        lambda name, value: name in WEIGHT_NAMES,
-        delta_softplus=delta_softplus)
+    errors = errors_against_reference(emulated_cross_library, inputs, dtype,
+                                      delta_softplus)
     cuda_testing.assert_close(errors, dtype)
 
 
 def test_emulated_plane_kernels_without_options(emulated_cross_library):
     inputs = plane_inputs(1, 3, 5, 7, False, with_options=False)
-    errors = cuda_testing.errors_against_reference(
-        inputs, partial(emulated_scan, emulated_cross_library),
-        cross_selective_scan_reference, torch.float64,
-        lambda name, value: name in WEIGHT_NAMES, delta_softplus=False)
+    errors = errors_against_reference(emulated_cross_library, inputs,
+                                      torch.float64, False)
     cuda_testing.assert_close(errors, torch.float64)
 
 
@@ -82,8 +89,5 @@ def test_emulator_sees_a_broken_kernel(tmp_path):
         {'out_map[slot[i]] += C_map[slot[i]] * h;':
          'out_map[slot[i]] += C_map[slot[i]];'})
     inputs = plane_inputs(1, 1, 5, 6, True)
-    errors = cuda_testing.errors_against_reference(
-        inputs, partial(emulated_scan, library),
-        cross_selective_scan_reference, torch.float64,
-        lambda name, value: name in WEIGHT_NAMES, delta_softplus=True)
+    errors = errors_against_reference(library, inputs, torch.float64, True)
     assert cuda_testing.over_tolerance(errors, torch.float64)
