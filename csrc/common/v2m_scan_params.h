@@ -54,9 +54,14 @@ struct V2MScanParams {
   bool var_B = true;
   bool var_C = true;
   bool delta_softplus = false;
-  // The corners add their outputs into one zeroed map (atomic adds), and
-  // all read the gradient of that sum.
+  // The corners' outputs are summed into one map, and all read the
+  // gradient of that sum.
   bool merge_corners = false;
+  // The pass runs on the plane kernels (v2m_plane_kernel.cuh): one block
+  // per (batch element, channel) map, nothing saved for the backward pass
+  // (chunk_states is empty) and the merged map written whole. Chosen by
+  // v2m_corner_scan_planes.
+  bool plane = false;
 
   const void *u = nullptr;
   const void *delta = nullptr;
@@ -70,7 +75,8 @@ struct V2MScanParams {
   void *out = nullptr;
   // State at the start of every chunk but the first:
   // (batch, K, num_chunks - 1, dstate, dim, lines), lines innermost so that
-  // neighbouring threads of a block touch neighbouring addresses.
+  // neighbouring threads of a block touch neighbouring addresses. Empty
+  // (no chunks) for the plane kernels.
   void *chunk_states = nullptr;
 
   // Backward.
@@ -174,5 +180,12 @@ inline unsigned v2m_line_magic(int lines) {
 // (block_lines, block_channels, state_group) are chosen here.
 template <typename T>
 void v2m_corner_scan_launch(const V2MScanParams &params, bool backward);
+
+// Whether a pass with element type T runs on the plane kernels: one state,
+// no gate, a map of at most kCrossPlaneMaxPixels pixels whose shared maps
+// fit the current GPU (mmssm/ops/cuda_ops.py mirrors this for its shapes).
+// Instantiated with the launcher.
+template <typename T>
+bool v2m_corner_scan_planes(const V2MScanParams &params);
 
 }  // namespace mmssm

@@ -16,6 +16,23 @@ namespace {
 
 constexpr char kOpName[] = "v2m corner scan";
 
+// Calls fn with a value of the element type of `dtype`.
+template <typename Fn>
+auto dispatch_v2m(at::ScalarType dtype, Fn fn) {
+  switch (dtype) {
+    case at::kHalf:
+      return fn(c10::Half{});
+    case at::kBFloat16:
+      return fn(c10::BFloat16{});
+    case at::kDouble:
+      return fn(double{});
+    default:
+      TORCH_CHECK(dtype == at::kFloat, "v2m corner scan: unsupported dtype ",
+                  dtype);
+      return fn(float{});
+  }
+}
+
 // Checks every input and fills the shapes and input pointers of the params.
 V2MScanParams make_v2m_params(const at::Tensor &u, const at::Tensor &delta,
                               const at::Tensor &A, const at::Tensor &B,
@@ -108,6 +125,9 @@ V2MScanParams make_v2m_params(const at::Tensor &u, const at::Tensor &delta,
   params.z = z.has_value() ? z->data_ptr() : nullptr;
   params.delta_bias = delta_bias.has_value() ? delta_bias->data_ptr()
                                              : nullptr;
+  params.plane = dispatch_v2m(dtype, [&](auto element) {
+    return v2m_corner_scan_planes<decltype(element)>(params);
+  });
   return params;
 }
 
@@ -120,29 +140,17 @@ std::vector<int64_t> out_shape(const V2MScanParams &params) {
 }
 
 std::vector<int64_t> chunk_states_shape(const V2MScanParams &params) {
-  return {params.batch, params.corners, params.num_chunks - 1,
+  return {params.batch, params.corners,
+          params.plane ? 0 : params.num_chunks - 1,
           params.dstate, params.dim,
           params.axis_col ? params.width : params.height};
 }
 
 void launch_v2m(const V2MScanParams &params, at::ScalarType dtype,
                 bool backward) {
-  switch (dtype) {
-    case at::kFloat:
-      v2m_corner_scan_launch<float>(params, backward);
-      break;
-    case at::kHalf:
-      v2m_corner_scan_launch<c10::Half>(params, backward);
-      break;
-    case at::kBFloat16:
-      v2m_corner_scan_launch<c10::BFloat16>(params, backward);
-      break;
-    case at::kDouble:
-      v2m_corner_scan_launch<double>(params, backward);
-      break;
-    default:
-      TORCH_CHECK(false, "v2m corner scan: unsupported dtype ", dtype);
-  }
+  dispatch_v2m(dtype, [&](auto element) {
+    v2m_corner_scan_launch<decltype(element)>(params, backward);
+  });
 }
 
 }  // namespace
@@ -158,9 +166,11 @@ std::vector<at::Tensor> v2m_corner_scan_forward(
                       axis_col, backwards_mask, merge_corners);
   const c10::cuda::CUDAGuard device_guard(u.device());
   const auto acc_options = u.options().dtype(accum_type(u.scalar_type()));
-  // The corners add into a merged map.
-  at::Tensor out = merge_corners ? at::zeros(out_shape(params), acc_options)
-                                 : at::empty_like(delta);
+  // The thread-per-line kernels add the corners into a merged map; the
+  // plane kernels write it whole.
+  at::Tensor out = !merge_corners ? at::empty_like(delta)
+                   : params.plane ? at::empty(out_shape(params), acc_options)
+                                  : at::zeros(out_shape(params), acc_options);
   at::Tensor chunk_states =
       at::empty(chunk_states_shape(params), acc_options);
   params.out = out.data_ptr();

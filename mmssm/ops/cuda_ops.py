@@ -545,29 +545,37 @@ def _shared_memory_per_block(device: torch.device) -> int:
     return properties.shared_memory_per_block_optin
 
 
+def _plane_maps_fit(pixels: int, dtype: torch.dtype,
+                    device: Optional[torch.device]) -> bool:
+    """Whether the plane kernels' backward maps of a block walking
+    ``pixels`` pixels fit the shared memory a block of ``device`` may use.
+
+    A float32 map of 4096 pixels takes 101 KB, which the supported GPUs
+    (sm_80, sm_90) allow, so without a device float32 maps are taken to
+    fit; in float64 it takes twice that, more than an sm_80 GPU's 163 KB.
+    """
+    # Each map covers the steps of the block's threads (whole warps of
+    # _CROSS_PLANE_ITEMS steps each), plus a padding slot per 32.
+    steps = _CROSS_PLANE_ITEMS * 32
+    cover = (pixels + steps - 1) // steps * steps
+    element = 8 if dtype == torch.float64 else 4
+    needed = _CROSS_PLANE_BACKWARD_MAPS * (cover + cover // 32 + 1) * element
+    if device is None:
+        return element == 4
+    return needed <= _shared_memory_per_block(device)
+
+
 def _cross_uses_planes(height: int,
                        width: int,
                        num_states: int,
                        dtype: torch.dtype = torch.float32,
                        device: Optional[torch.device] = None) -> bool:
-    """Whether a cross scan runs on the plane kernels (see above).
-
-    A float32 map of 4096 pixels takes 101 KB of shared memory, which every
-    supported GPU allows; in float64 it takes twice that, more than an
-    sm_80 GPU's 163 KB, so float64 maps are checked against ``device``.
-    """
+    """Whether a cross scan runs on the plane kernels (see above); a band of
+    a larger map holds up to _CROSS_PLANE_MAX_PIXELS pixels."""
     if num_states != 1 or max(height, width) > _CROSS_PLANE_MAX_PIXELS:
         return False
-    if dtype != torch.float64:
-        return True
-    # Each map covers the steps of the block's threads (whole warps of
-    # _CROSS_PLANE_ITEMS steps each), plus a padding slot per 32; a band
-    # of a larger map holds up to _CROSS_PLANE_MAX_PIXELS pixels.
-    pixels = min(height * width, _CROSS_PLANE_MAX_PIXELS)
-    steps = _CROSS_PLANE_ITEMS * 32
-    cover = (pixels + steps - 1) // steps * steps
-    needed = _CROSS_PLANE_BACKWARD_MAPS * (cover + cover // 32 + 1) * 8
-    return needed <= _shared_memory_per_block(device)
+    return _plane_maps_fit(min(height * width, _CROSS_PLANE_MAX_PIXELS),
+                           dtype, device)
 
 
 def _cross_uses_tiles(batch: int, dim: int, num_states: int) -> bool:
@@ -863,12 +871,29 @@ def wavefront_scan_2d_cuda(x: Tensor,
     return out
 
 
-# V2M's corner scan: one thread walks one (channel, line) pair with all its
-# states; the forward pass saves the states every _V2M_CHUNK positions as
-# (batch, K, chunks - 1, N, D, lines) (csrc/common/v2m_scan_params.h).
+# V2M's corner scan with one state and no gate on maps of up to
+# _CROSS_PLANE_MAX_PIXELS pixels (V2M-S* and V2M-B* at 224²) runs on the
+# plane kernels (csrc/common/cuda/v2m_plane_kernel.cuh): the cross scan's
+# block scans over a whole map, with the state reset at every line's start.
+# They save nothing for the backward pass. Other passes run on the
+# thread-per-line kernels: one thread walks one (channel, line) pair with
+# all its states, and the forward pass saves the states every _V2M_CHUNK
+# positions as (batch, K, chunks - 1, N, D, lines)
+# (csrc/common/v2m_scan_params.h).
 _V2M_CHUNK = 16
 _V2M_CORNERS = ('tl', 'tr', 'bl', 'br')
 _V2M_AXES = ('row', 'col')
+
+
+def _v2m_uses_planes(height: int, width: int, num_states: int, gated: bool,
+                     dtype: torch.dtype,
+                     device: Optional[torch.device]) -> bool:
+    """Whether a V2M pass runs on the plane kernels (see above); mirrors
+    v2m_uses_planes in csrc/common/cuda/v2m_plane_kernel.cuh."""
+    pixels = height * width
+    return (num_states == 1 and not gated
+            and pixels <= _CROSS_PLANE_MAX_PIXELS
+            and _plane_maps_fit(pixels, dtype, device))
 
 
 def _backwards_mask(corners: tuple[str, ...], axis: str) -> int:
@@ -909,11 +934,12 @@ def _v2m_forward_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                       axis_col, backwards_mask, merge_corners):
     batch, corners, dim, height, width = delta.shape
     lines, length = (width, height) if axis_col else (height, width)
-    num_chunks = -(-length // _V2M_CHUNK)
+    saved_chunks = (0 if _v2m_uses_planes(height, width, A.shape[1], z
+                                          is not None, u.dtype, u.device)
+                    else -(-length // _V2M_CHUNK) - 1)
     accum = _accum_dtype(u.dtype)
     chunk_states = u.new_empty(
-        (batch, corners, num_chunks - 1, A.shape[1], dim, lines),
-        dtype=accum)
+        (batch, corners, saved_chunks, A.shape[1], dim, lines), dtype=accum)
     if merge_corners:
         return delta.new_empty((batch, dim, height, width),
                                dtype=accum), chunk_states

@@ -251,26 +251,27 @@ class _V2MCall(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int) for name in (
         'batch', 'corners', 'dim', 'height', 'width', 'dstate', 'shared_u',
         'var_B', 'var_C', 'shared_z', 'axis_col', 'delta_softplus',
-        'merge_corners')] + [('backwards_mask', ctypes.c_int64)]
+        'merge_corners', 'plane')] + [('backwards_mask', ctypes.c_int64)]
 
 
 class EmulatedV2MCornerScan(torch.autograd.Function):
     """One pass of mmssm.ops.v2m_corner_scan through the emulated kernels,
     arguments as cuda_ops.v2m_corner_scan_cuda after its checks: float32 or
-    float64 inputs, weights (and constant B/C) in the accumulation dtype."""
+    float64 inputs, weights (and constant B/C) in the accumulation dtype;
+    ``plane`` runs the plane kernels, else the thread-per-line ones."""
 
     @staticmethod
     def forward(ctx, library: ctypes.CDLL, u: Tensor, delta: Tensor,
                 A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                 z: Optional[Tensor], delta_bias: Optional[Tensor],
                 delta_softplus: bool, axis_col: bool, backwards_mask: int,
-                merge_corners: bool) -> Tensor:
+                merge_corners: bool, plane: bool = False) -> Tensor:
         inputs = _contiguous(u, delta, A, B, C, D, z, delta_bias)
         batch, corners, dim, height, width = delta.shape
         call = _V2MCall(batch, corners, dim, height, width, A.shape[1],
                         u.dim() == 4, B.dim() == 5, C.dim() == 5,
                         z is not None and z.dim() == 4, axis_col,
-                        delta_softplus, merge_corners, backwards_mask)
+                        delta_softplus, merge_corners, plane, backwards_mask)
         lines = width if axis_col else height
         chunks = -(-(height if axis_col else width) // cuda_ops._V2M_CHUNK)
         accum = A.dtype
@@ -298,7 +299,7 @@ class EmulatedV2MCornerScan(torch.autograd.Function):
               (int(accum == torch.float64), 1, ctypes.byref(ctx.call)),
               [u, delta, A, B, C, D, z, delta_bias, None, chunk_states,
                dout.contiguous()] + grads)
-        return (None, *grads, None, None, None, None)
+        return (None, *grads, None, None, None, None, None)
 
 
 class _WavefrontCall(ctypes.Structure):

@@ -192,6 +192,16 @@ def test_cross_scan_takes_planes_for_one_state():
     assert not cuda_ops._cross_uses_planes(56, 56, 2)  # two states
 
 
+def test_v2m_takes_planes_for_one_state_without_gate():
+    half = torch.float16
+    assert cuda_ops._v2m_uses_planes(56, 56, 1, False, half, None)
+    assert cuda_ops._v2m_uses_planes(64, 64, 1, False, half, None)
+    assert cuda_ops._v2m_uses_planes(1, 4096, 1, False, half, None)
+    assert not cuda_ops._v2m_uses_planes(65, 64, 1, False, half, None)
+    assert not cuda_ops._v2m_uses_planes(56, 56, 2, False, half, None)
+    assert not cuda_ops._v2m_uses_planes(56, 56, 1, True, half, None)
+
+
 def test_cross_scan_bands_save_their_entering_states():
     u, A = torch.empty(2, 3, 200, 320), torch.empty(12, 1)
     # One state entering each band (at most one band per line), no sums.

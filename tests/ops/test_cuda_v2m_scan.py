@@ -242,6 +242,93 @@ def test_v2m_scan_merged_corners(dtype, dstate, axis, corners, shared_u,
     assert_close(errors, dtype)
 
 
+def mixer_pass_inputs(batch: int, dim: int, height: int, width: int,
+                      axis: str, contiguous: bool = True
+                      ) -> Dict[str, Optional[Tensor]]:
+    """A pass as V2M-S*'s mixer makes it (one state, no gate): rows read u
+    shared by the corners with per-pixel B and no skip; columns read each
+    corner's rows with per-pixel C and a skip."""
+    row = axis == 'row'
+    inputs = corner_inputs(batch, dim, height, width, 1, ALL_CORNERS,
+                           'B' if row else 'C', shared_u=row,
+                           contiguous=contiguous)
+    inputs['z'] = None
+    if row:
+        inputs['D'] = None
+    return inputs
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('dtype', ALL_DTYPES)
+@pytest.mark.parametrize('height,width', [(56, 56), (14, 14), (7, 7),
+                                          (1, 1), (1, 61), (61, 1),
+                                          (64, 64), (23, 41)])
+@pytest.mark.parametrize('axis', ['row', 'col'])
+def test_v2m_planes_match_reference(dtype, height, width, axis):
+    # The plane kernels (one block per map, all corners, lines reset inside
+    # one block scan): vector runs at 56 x 56 and 64 x 64 (512 threads,
+    # the largest map), single accesses at 14 x 14, 7 x 7 and 23 x 41,
+    # lines of one pixel. The column pass merges its corners, as the mixer.
+    assert cuda_ops._v2m_uses_planes(height, width, 1, False, dtype,
+                                     torch.device('cuda'))
+    inputs = mixer_pass_inputs(2, 3, height, width, axis)
+    merge = axis == 'col'
+    errors = errors_against_reference(
+        inputs, dtype, out_dtype=weight_dtype(dtype) if merge else None,
+        delta_softplus=True, axis=axis, corners=ALL_CORNERS,
+        merge_corners=merge)
+    assert_close(errors, dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('variable', ['B', 'C', 'both', 'none'])
+@pytest.mark.parametrize('merge_corners', [False, True])
+def test_v2m_planes_options(variable, merge_corners):
+    # Per-pixel and constant B and C, corners out of order and one twice,
+    # strided inputs, no softplus, float32 at its tolerance.
+    corners = ('br', 'tl', 'br')
+    inputs = corner_inputs(3, 5, 16, 24, 1, corners, variable,
+                           shared_u=variable == 'B', contiguous=False)
+    inputs['z'] = None
+    errors = errors_against_reference(
+        inputs, torch.float32,
+        out_dtype=torch.float32 if merge_corners else None,
+        delta_softplus=False, axis='col', corners=corners,
+        merge_corners=merge_corners)
+    assert_close(errors, torch.float32)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('axis', ['row', 'col'])
+def test_v2m_one_state_beyond_planes(axis):
+    # A map of over 4096 pixels keeps the thread-per-line kernels for one
+    # state (V2M-S* at detection sizes).
+    assert not cuda_ops._v2m_uses_planes(67, 71, 1, False, torch.bfloat16,
+                                         torch.device('cuda'))
+    inputs = mixer_pass_inputs(1, 4, 67, 71, axis)
+    merge = axis == 'col'
+    errors = errors_against_reference(
+        inputs, torch.bfloat16, out_dtype=torch.float32 if merge else None,
+        delta_softplus=True, axis=axis, corners=ALL_CORNERS,
+        merge_corners=merge)
+    assert_close(errors, torch.bfloat16)
+
+
+@pytest.mark.cuda
+def test_v2m_planes_save_nothing():
+    # The forward pass of the plane kernels saves no chunk states, and the
+    # fake implementation gives the same shapes (opcheck).
+    inputs = mixer_pass_inputs(2, 3, 20, 5, 'col')
+    out, chunk_states = torch.ops.mmssm.v2m_corner_scan_fwd(
+        *inputs.values(), True, True, 0b1100, True)
+    assert chunk_states.shape == (2, 4, 0, 1, 3, 5)
+    assert out.shape == (2, 3, 20, 5) and out.dtype == torch.float32
+    for merge_corners in (False, True):
+        args = tuple(inputs.values()) + (True, True, 0b1100, merge_corners)
+        torch.library.opcheck(torch.ops.mmssm.v2m_corner_scan_fwd.default,
+                              args)
+
+
 @pytest.mark.cuda
 def test_v2m_public_op_dispatches_to_kernel():
     assert compiled_ops_available()
@@ -300,7 +387,9 @@ def test_v2m_sanitizer_clean(tool):
     # make two chunks, 17 lines two line tiles, 5 states two state groups;
     # per-pixel B with a constant C, then a constant B with per-pixel C and
     # a gate of one corner each; then both again with one state (its own
-    # kernels); then merged corners with five states and with one.
+    # kernels); then merged corners with five states and with one; then
+    # the plane kernels (one state, no gate) with vector runs (16 x 16) and
+    # single accesses (17 x 17), corners apart and merged.
     script = (
         'import torch\n'
         'from mmssm.ops import cuda_ops\n'
@@ -324,6 +413,13 @@ def test_v2m_sanitizer_clean(tool):
         '        cuda_ops.v2m_corner_scan_cuda(u, d, A[:, :n], c[:, :n],\n'
         '            b[:, :, :n], c[:, 0], u, c[:, 1], True, axis,\n'
         '            merge_corners=True).sum().backward()\n'
+        '    for merge in (False, True):\n'
+        '        for side in (16, 17):\n'
+        '            x = u[..., :side, :side]\n'
+        '            cuda_ops.v2m_corner_scan_cuda(x, d[..., :side, :side],\n'
+        '                A[:, :1], b[:, :, :1, :side, :side], c[:, :1],\n'
+        '                c[:, 0], None, c[:, 1], True, axis,\n'
+        '                merge_corners=merge).sum().backward()\n'
         'torch.cuda.synchronize()\n')
     assert_sanitizer_clean(tool, script)
 

@@ -53,7 +53,8 @@ def corner_inputs(batch: int, dim: int, height: int, width: int, dstate: int,
 def assert_matches_reference(library, inputs: Dict[str, Optional[Tensor]],
                              dtype: torch.dtype, axis: str,
                              corners: Sequence[str],
-                             merge_corners: bool = False) -> None:
+                             merge_corners: bool = False,
+                             plane: bool = False) -> None:
 
     def emulated(u, delta, A, B, C, D, z, delta_bias, delta_softplus, axis,
                  corners):
@@ -61,7 +62,7 @@ def assert_matches_reference(library, inputs: Dict[str, Optional[Tensor]],
                                            delta_bias, delta_softplus,
                                            axis == 'col',
                                            _backwards_mask(corners, axis),
-                                           merge_corners)
+                                           merge_corners, plane)
 
     def reference(delta_softplus, axis, corners, **tensors):
         out = v2m_corner_scan_reference(**tensors,
@@ -93,7 +94,8 @@ def test_emulated_v2m_passes_match_reference(library, dtype, height, width,
 
 @pytest.mark.parametrize('axis', ['row', 'col'])
 def test_emulated_v2m_one_state_merged_corners(library, axis):
-    # The one-state kernels, the corners summed into one map (V2M-S*).
+    # The thread-per-line kernels for one state (maps over 4096 pixels), the
+    # corners summed into one map (V2M-S*).
     inputs = corner_inputs(1, 5, 9, 21, 1, ALL_CORNERS,
                            'B' if axis == 'row' else 'C',
                            shared_u=axis == 'row')
@@ -119,3 +121,68 @@ def test_emulator_sees_a_broken_v2m_kernel(tmp_path):
     with pytest.raises(AssertionError, match='relative errors over'):
         assert_matches_reference(library, inputs, torch.float64, 'row',
                                  ALL_CORNERS)
+
+
+def without(inputs: Dict[str, Optional[Tensor]],
+            *names: str) -> Dict[str, Optional[Tensor]]:
+    """The inputs with ``names`` left out (None)."""
+    return {**inputs, **{name: None for name in names}}
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('axis', ['row', 'col'])
+@pytest.mark.parametrize('merge_corners', [False, True])
+@pytest.mark.parametrize('height,width', [(8, 12), (9, 21), (1, 13),
+                                          (11, 1)])
+def test_emulated_v2m_planes_match_reference(library, dtype, axis,
+                                             merge_corners, height, width):
+    # The plane kernels as the V2M-S* mixer calls them: shared u and
+    # per-pixel B in the row pass, per-corner u and per-pixel C with D in
+    # the column pass. 8 x 12 takes vector runs, 9 x 21 single accesses
+    # with lines that start inside a thread's run; lines of one pixel
+    # reset at every step.
+    row = axis == 'row'
+    inputs = corner_inputs(2, 3, height, width, 1, ALL_CORNERS,
+                           'B' if row else 'C', shared_u=row)
+    inputs = without(inputs, 'z', *(('D', ) if row else ()))
+    assert_matches_reference(library, inputs, dtype, axis, ALL_CORNERS,
+                             merge_corners=merge_corners, plane=True)
+
+
+@pytest.mark.parametrize('variable', ['B', 'C', 'both', 'neither'])
+@pytest.mark.parametrize('shared_u', [False, True])
+def test_emulated_v2m_planes_matrices_and_corner_subsets(
+        library, variable, shared_u):
+    # Constant B or C (their gradients are weight sums), a corner walked
+    # twice and corners out of order, no delta bias.
+    corners = ('br', 'tl', 'br')
+    inputs = corner_inputs(1, 4, 7, 10, 1, corners, variable,
+                           shared_u=shared_u)
+    inputs = without(inputs, 'z', 'delta_bias')
+    assert_matches_reference(library, inputs, torch.float64, 'col', corners,
+                             plane=True)
+
+
+def test_emulated_v2m_planes_on_the_largest_map(library):
+    # 64 x 64 pixels, the most a block holds: 512 threads, whose 16 warps
+    # join their totals in a warp scan.
+    inputs = without(
+        corner_inputs(1, 1, 64, 64, 1, ('tr', 'bl'), 'B', shared_u=True),
+        'z')
+    assert_matches_reference(library, inputs, torch.float64, 'row',
+                             ('tr', 'bl'), merge_corners=True, plane=True)
+
+
+def test_emulator_sees_a_plane_kernel_without_line_resets(tmp_path):
+    # States running on from one line into the next, as in the cross scan:
+    # the comparison must fail.
+    library = build_emulated_library(
+        'v2m_scan_driver.cpp', tmp_path, {
+            'decay[i] = (starts >> i) & 1 ? acc_t(0) : exp_acc(dt * w.A);':
+            'decay[i] = exp_acc(dt * w.A);'
+        })
+    inputs = without(
+        corner_inputs(1, 2, 5, 6, 1, ALL_CORNERS, 'B', shared_u=True), 'z')
+    with pytest.raises(AssertionError, match='relative errors over'):
+        assert_matches_reference(library, inputs, torch.float64, 'row',
+                                 ALL_CORNERS, plane=True)

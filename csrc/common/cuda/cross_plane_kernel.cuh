@@ -397,6 +397,20 @@ __device__ __forceinline__ AffineMap<acc_t> plane_direction_steps(
   return own;
 }
 
+// Replaces the drives of a thread's steps by the state before each step
+// times its decay, from the state h entering its first step.
+template <typename acc_t>
+__device__ __forceinline__ void plane_decayed_states(
+    acc_t h, const acc_t (&decay)[kCrossPlaneItems],
+    acc_t (&decayed_prev)[kCrossPlaneItems]) {
+#pragma unroll
+  for (int i = 0; i < kCrossPlaneItems; ++i) {
+    const acc_t drive = decayed_prev[i];
+    decayed_prev[i] = decay[i] * h;
+    h = decayed_prev[i] + drive;
+  }
+}
+
 // The sum over directions starts from band_sum where the view adds to it
 // (the column bands, after the row bands), else from zero.
 template <bool kVector, typename acc_t, typename View>
@@ -543,12 +557,7 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
     acc_t h = before.b;
     if constexpr (View::kCarried)
       h += before.a * view.template entering<acc_t>(p.chunk_states, k);
-#pragma unroll
-    for (int i = 0; i < kItems; ++i) {
-      const acc_t drive = decayed_prev[i];
-      decayed_prev[i] = decay[i] * h;
-      h = decayed_prev[i] + drive;
-    }
+    plane_decayed_states(h, decay, decayed_prev);
     // Adjoint r_t = a_t g_t, g_t = C_t dy_t + r_{t+1} = dL/dh_t, zero after
     // the walk's last step; a thread's map takes the r entering its last
     // step to the r leaving its first.

@@ -79,6 +79,10 @@
 //   written, nor a broadcast copy of the gradient.
 // - Threads of a block past the map's last line or channel run the same
 //   barriers on zeros; only owned pixels and channels are written.
+// - One state without a gate on maps of up to kCrossPlaneMaxPixels pixels
+//   (V2M-S* and V2M-B* at 224²) takes the plane kernels instead
+//   (v2m_plane_kernel.cuh, params.plane); these kernels serve larger maps
+//   and every other pass.
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>
@@ -86,6 +90,7 @@
 
 #include <algorithm>
 
+#include "v2m_plane_kernel.cuh"
 #include "v2m_scan_params.h"
 // sigmoid_acc, and through selective_scan_kernel.cuh AccumType,
 // softplus, to_acc and from_acc.
@@ -1104,7 +1109,19 @@ __global__ void __launch_bounds__(kV2MMaxThreads,
 }
 
 template <typename T>
+bool v2m_corner_scan_planes(const V2MScanParams &params) {
+  return v2m_uses_planes<T>(
+      params,
+      static_cast<int>(
+          at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin));
+}
+
+template <typename T>
 void v2m_corner_scan_launch(const V2MScanParams &params, bool backward) {
+  if (params.plane) {
+    v2m_plane_launch<T>(params, backward);
+    return;
+  }
   using acc_t = typename AccumType<T>::type;
   V2MScanParams p = params;
   const int lines = p.axis_col ? p.width : p.height;

@@ -7,4 +7,5 @@
 namespace mmssm {
 template void v2m_corner_scan_launch<c10::BFloat16>(
     const V2MScanParams &, bool);
+template bool v2m_corner_scan_planes<c10::BFloat16>(const V2MScanParams &);
 }  // namespace mmssm

@@ -7,4 +7,5 @@
 namespace mmssm {
 template void v2m_corner_scan_launch<c10::Half>(
     const V2MScanParams &, bool);
+template bool v2m_corner_scan_planes<c10::Half>(const V2MScanParams &);
 }  // namespace mmssm

@@ -7,4 +7,5 @@
 namespace mmssm {
 template void v2m_corner_scan_launch<float>(
     const V2MScanParams &, bool);
+template bool v2m_corner_scan_planes<float>(const V2MScanParams &);
 }  // namespace mmssm

@@ -13,11 +13,13 @@ struct V2MCall {
   int batch, corners, dim, height, width, dstate;
   int shared_u, var_B, var_C, shared_z, axis_col, delta_softplus;
   int merge_corners;
+  int plane;  // the plane kernels (one state, no gate, small maps)
   int64_t backwards_mask;
 };
 
 // tensors: u, delta, A, B, C, D, z, delta_bias, out (accumulation type and
-// zeroed where the corners merge), chunk_states, then backward dout, du,
+// zeroed where the corners merge), chunk_states (unused by the plane
+// kernels), then backward dout, du,
 // ddelta, dA, dB, dC, dD, dz, ddelta_bias (D, z, delta_bias and their
 // gradients may be null; gradients that collect several corners zeroed).
 template <typename T>
@@ -39,6 +41,7 @@ void run(bool backward, const V2MCall &call, void *const *tensors) {
   p.var_C = call.var_C;
   p.delta_softplus = call.delta_softplus;
   p.merge_corners = call.merge_corners;
+  p.plane = call.plane;
   p.u = tensors[0];
   p.delta = tensors[1];
   p.A = tensors[2];
