@@ -32,7 +32,7 @@ namespace mmssm {
 // Pointers to weights (A, D, delta_bias, constant B/C), to chunk states and
 // to gradients of weights, of u, of z and of B/C point to the accumulation
 // type (float, or double for double inputs); all other pointers to the input
-// element type.
+// element type. The plane kernels write du in the element type.
 struct V2MScanParams {
   int batch = 0;
   int corners = 0;

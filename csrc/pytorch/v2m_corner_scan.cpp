@@ -197,9 +197,12 @@ std::vector<at::Tensor> v2m_corner_scan_backward(
                   out_shape(params));
   check_op_tensor(kOpName, chunk_states, "chunk_states", u, acc,
                   chunk_states_shape(params));
-  // Shared u and z collect the gradients of all corners.
-  at::Tensor du = params.shared_u ? at::zeros(u.sizes(), acc_options)
-                                  : at::empty(u.sizes(), acc_options);
+  // Shared u and z collect the gradients of all corners (atomics); the
+  // plane kernels sum a map's corners in shared memory and write du once,
+  // in u's dtype.
+  at::Tensor du = params.plane      ? at::empty(u.sizes(), u.options())
+                  : params.shared_u ? at::zeros(u.sizes(), acc_options)
+                                    : at::empty(u.sizes(), acc_options);
   at::Tensor ddelta = at::empty_like(delta);
   // One allocation per group of gradients alike in dtype and lifetime.
   const ScanGrads grads = scan_grads(A, D, delta_bias, B, C, acc_options);

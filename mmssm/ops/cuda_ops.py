@@ -954,8 +954,9 @@ def _v2m_backward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                   backwards_mask: int, merge_corners: bool) -> list[Tensor]:
     """Kernel backward; returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias).
 
-    dout is shaped and typed like the forward's out. du, dz, dB and dC come
-    in the accumulation dtype; absent optional inputs get empty gradients.
+    dout is shaped and typed like the forward's out. dz, dB and dC come in
+    the accumulation dtype, and so does du except from the plane kernels
+    (u's dtype); absent optional inputs get empty gradients.
     """
     return list(_extension().v2m_corner_scan_backward(
         u, delta, A, B, C, D, z, delta_bias, dout, chunk_states,
@@ -968,8 +969,12 @@ def _v2m_backward_fake(u, delta, A, B, C, D, z, delta_bias, dout,
                        backwards_mask, merge_corners):
     accum = _accum_dtype(u.dtype)
     empty = u.new_empty(0, dtype=accum)
+    # The plane kernels write du in u's dtype.
+    height, width = delta.shape[-2:]
+    planes = _v2m_uses_planes(height, width, A.shape[1], z is not None,
+                              u.dtype, u.device)
     return [
-        u.new_empty(u.shape, dtype=accum),
+        u.new_empty(u.shape, dtype=u.dtype if planes else accum),
         torch.empty_like(delta),
         A.new_empty(A.shape),
         B.new_empty(B.shape, dtype=accum),

@@ -292,9 +292,10 @@ class EmulatedV2MCornerScan(torch.autograd.Function):
         u, delta, A, B, C, chunk_states = ctx.saved_tensors
         D, z, delta_bias = ctx.optional
         accum = A.dtype
-        # du and dz in the accumulation dtype (shared ones collect corners).
+        # du and dz in the accumulation dtype (shared ones collect
+        # corners), except du from the plane kernels.
         grads = _gradient_buffers((u, delta, A, B, C, D, z, delta_bias),
-                                  accum, (1, ))
+                                  accum, (0, 1) if ctx.call.plane else (1, ))
         _call(ctx.library.emulated_v2m_corner_scan,
               (int(accum == torch.float64), 1, ctypes.byref(ctx.call)),
               [u, delta, A, B, C, D, z, delta_bias, None, chunk_states,

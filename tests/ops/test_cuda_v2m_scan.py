@@ -315,16 +315,31 @@ def test_v2m_one_state_beyond_planes(axis):
 
 
 @pytest.mark.cuda
-def test_v2m_planes_save_nothing():
-    # The forward pass of the plane kernels saves no chunk states, and the
-    # fake implementation gives the same shapes (opcheck).
+def test_v2m_planes_save_nothing_and_give_du_in_u_dtype():
+    # The forward pass of the plane kernels saves no chunk states; the
+    # backward pass writes du in u's dtype. The fake implementations give
+    # the same shapes and dtypes (opcheck).
     inputs = mixer_pass_inputs(2, 3, 20, 5, 'col')
+    inputs = {
+        name: (None if value is None else
+               value if value.dim() <= 2 else value.half())
+        for name, value in inputs.items()
+    }
+    options = (True, True, 0b1100)
     out, chunk_states = torch.ops.mmssm.v2m_corner_scan_fwd(
-        *inputs.values(), True, True, 0b1100, True)
+        *inputs.values(), *options, True)
     assert chunk_states.shape == (2, 4, 0, 1, 3, 5)
     assert out.shape == (2, 3, 20, 5) and out.dtype == torch.float32
+    grads = torch.ops.mmssm.v2m_corner_scan_bwd(
+        *inputs.values(), torch.randn_like(out), chunk_states, *options,
+        True)
+    assert grads[0].dtype == torch.float16
+    torch.library.opcheck(
+        torch.ops.mmssm.v2m_corner_scan_bwd.default,
+        tuple(inputs.values()) + (torch.randn_like(out), chunk_states) +
+        options + (True, ))
     for merge_corners in (False, True):
-        args = tuple(inputs.values()) + (True, True, 0b1100, merge_corners)
+        args = tuple(inputs.values()) + options + (merge_corners, )
         torch.library.opcheck(torch.ops.mmssm.v2m_corner_scan_fwd.default,
                               args)
 

@@ -25,9 +25,10 @@
 // - Per-corner outputs (and du, ddelta) go through a shared map and are
 //   stored as whole runs; merged corners are summed in a shared float map
 //   and stored once, so the merged output needs neither atomics nor a
-//   zeroed buffer. Per-pixel dB and dC (sums over channels) are added with
-//   atomics, as in the cross scan; the weights' gradients one atomic per
-//   warp.
+//   zeroed buffer. du, summed over the corners of a shared u the same way,
+//   is written once in u's dtype (no float map and cast after). Per-pixel
+//   dB and dC (sums over channels) are added with atomics, as in the cross
+//   scan; the weights' gradients one atomic per warp.
 // - The backward pass recomputes the states with the same block scan, so
 //   the forward pass saves nothing.
 #pragma once
@@ -386,7 +387,7 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
         maps.dt, view, static_cast<T *>(p.ddelta) + view.corner_offset(k));
     if (!p.shared_u) {
       v2m_plane_store<kVector>(
-          du_map, view, static_cast<acc_t *>(p.du) + view.corner_offset(k));
+          du_map, view, static_cast<T *>(p.du) + view.corner_offset(k));
     }
     acc_t values[kItems];
     if (p.var_B) {
@@ -405,7 +406,7 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
   if (p.shared_u) {
     __syncthreads();
     v2m_plane_store<kVector>(
-        du_map, view, static_cast<acc_t *>(p.du) + view.shared_offset());
+        du_map, view, static_cast<T *>(p.du) + view.shared_offset());
   }
 }
 
