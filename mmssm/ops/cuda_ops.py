@@ -22,7 +22,9 @@ joined by a carry pass. Two more kernel families serve the 2D
 scans: ``mmssm::wavefront_scan_fwd/bwd``
 (Mamba2D's wavefront recurrence, one launch per pass over the whole map) and
 ``mmssm::v2m_corner_scan_fwd/bwd`` (one row or column pass of V2M's corner
-scan, walking each corner's lines by indexing). Around the scans:
+scan, walking each corner's lines by indexing: with one state, no gate and
+up to 4096 pixels the plane kernels with the state reset at each line's
+start, otherwise one thread per line). Around the scans:
 ``mmssm::causal_conv1d_fwd/bwd`` (Vim's short convolution + SiLU) and
 ``mmssm::norm_fwd/bwd`` (LayerNorm / RMSNorm stored in the autocast dtype).
 
