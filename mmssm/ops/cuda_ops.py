@@ -22,9 +22,9 @@ joined by a carry pass. Two more kernel families serve the 2D
 scans: ``mmssm::wavefront_scan_fwd/bwd``
 (Mamba2D's wavefront recurrence, one launch per pass over the whole map) and
 ``mmssm::v2m_corner_scan_fwd/bwd`` (one row or column pass of V2M's corner
-scan, walking each corner's lines by indexing: with one state, no gate and
-up to 4096 pixels the plane kernels with the state reset at each line's
-start, otherwise one thread per line). Around the scans:
+scan, walking each corner's lines by indexing: with one state and no gate
+the plane kernels, whole maps or bands of whole lines, with the state reset
+at each line's start; otherwise one thread per line). Around the scans:
 ``mmssm::causal_conv1d_fwd/bwd`` (Vim's short convolution + SiLU) and
 ``mmssm::norm_fwd/bwd`` (LayerNorm / RMSNorm stored in the autocast dtype).
 
@@ -873,29 +873,31 @@ def wavefront_scan_2d_cuda(x: Tensor,
     return out
 
 
-# V2M's corner scan with one state and no gate on maps of up to
-# _CROSS_PLANE_MAX_PIXELS pixels (V2M-S* and V2M-B* at 224²) runs on the
-# plane kernels (csrc/common/cuda/v2m_plane_kernel.cuh): the cross scan's
-# block scans over a whole map, with the state reset at every line's start.
-# They save nothing for the backward pass. Other passes run on the
-# thread-per-line kernels: one thread walks one (channel, line) pair with
-# all its states, and the forward pass saves the states every _V2M_CHUNK
-# positions as (batch, K, chunks - 1, N, D, lines)
+# V2M's corner scan with one state and no gate runs on the plane kernels
+# (csrc/common/cuda/v2m_plane_kernel.cuh): the cross scan's block scans over
+# a whole map, with the state reset at every line's start. A map of more
+# than _CROSS_PLANE_MAX_PIXELS pixels (detection sizes) takes them in bands
+# of whole lines, which need no carry as the lines are independent; a line
+# must fit in a band. They save nothing for the backward pass. Other passes
+# run on the thread-per-line kernels: one thread walks one (channel, line)
+# pair with all its states, and the forward pass saves the states every
+# _V2M_CHUNK positions as (batch, K, chunks - 1, N, D, lines)
 # (csrc/common/v2m_scan_params.h).
 _V2M_CHUNK = 16
 _V2M_CORNERS = ('tl', 'tr', 'bl', 'br')
 _V2M_AXES = ('row', 'col')
 
 
-def _v2m_uses_planes(height: int, width: int, num_states: int, gated: bool,
-                     dtype: torch.dtype,
+def _v2m_uses_planes(height: int, width: int, axis_col: bool,
+                     num_states: int, gated: bool, dtype: torch.dtype,
                      device: Optional[torch.device]) -> bool:
     """Whether a V2M pass runs on the plane kernels (see above); mirrors
     v2m_uses_planes in csrc/common/cuda/v2m_plane_kernel.cuh."""
-    pixels = height * width
+    length = height if axis_col else width
     return (num_states == 1 and not gated
-            and pixels <= _CROSS_PLANE_MAX_PIXELS
-            and _plane_maps_fit(pixels, dtype, device))
+            and length <= _CROSS_PLANE_MAX_PIXELS
+            and _plane_maps_fit(min(height * width, _CROSS_PLANE_MAX_PIXELS),
+                                dtype, device))
 
 
 def _backwards_mask(corners: tuple[str, ...], axis: str) -> int:
@@ -936,8 +938,9 @@ def _v2m_forward_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                       axis_col, backwards_mask, merge_corners):
     batch, corners, dim, height, width = delta.shape
     lines, length = (width, height) if axis_col else (height, width)
-    saved_chunks = (0 if _v2m_uses_planes(height, width, A.shape[1], z
-                                          is not None, u.dtype, u.device)
+    saved_chunks = (0 if _v2m_uses_planes(height, width, axis_col,
+                                          A.shape[1], z is not None, u.dtype,
+                                          u.device)
                     else -(-length // _V2M_CHUNK) - 1)
     accum = _accum_dtype(u.dtype)
     chunk_states = u.new_empty(
@@ -973,8 +976,8 @@ def _v2m_backward_fake(u, delta, A, B, C, D, z, delta_bias, dout,
     empty = u.new_empty(0, dtype=accum)
     # The plane kernels write du in u's dtype.
     height, width = delta.shape[-2:]
-    planes = _v2m_uses_planes(height, width, A.shape[1], z is not None,
-                              u.dtype, u.device)
+    planes = _v2m_uses_planes(height, width, axis_col, A.shape[1],
+                              z is not None, u.dtype, u.device)
     return [
         u.new_empty(u.shape, dtype=u.dtype if planes else accum),
         torch.empty_like(delta),

@@ -194,12 +194,18 @@ def test_cross_scan_takes_planes_for_one_state():
 
 def test_v2m_takes_planes_for_one_state_without_gate():
     half = torch.float16
-    assert cuda_ops._v2m_uses_planes(56, 56, 1, False, half, None)
-    assert cuda_ops._v2m_uses_planes(64, 64, 1, False, half, None)
-    assert cuda_ops._v2m_uses_planes(1, 4096, 1, False, half, None)
-    assert not cuda_ops._v2m_uses_planes(65, 64, 1, False, half, None)
-    assert not cuda_ops._v2m_uses_planes(56, 56, 2, False, half, None)
-    assert not cuda_ops._v2m_uses_planes(56, 56, 1, True, half, None)
+
+    def planes(height, width, axis_col=False, states=1, gated=False):
+        return cuda_ops._v2m_uses_planes(height, width, axis_col, states,
+                                         gated, half, None)
+
+    assert planes(56, 56) and planes(64, 64) and planes(1, 4096)
+    # Larger maps in bands of whole lines: a line must fit in a band.
+    assert planes(200, 334) and planes(200, 334, axis_col=True)
+    assert planes(4097, 1) and planes(1, 4097, axis_col=True)
+    assert not planes(1, 4097) and not planes(4097, 1, axis_col=True)
+    assert not planes(56, 56, states=2)
+    assert not planes(56, 56, gated=True)
 
 
 def test_cross_scan_bands_save_their_entering_states():

@@ -269,8 +269,8 @@ def test_v2m_planes_match_reference(dtype, height, width, axis):
     # one block scan): vector runs at 56 x 56 and 64 x 64 (512 threads,
     # the largest map), single accesses at 14 x 14, 7 x 7 and 23 x 41,
     # lines of one pixel. The column pass merges its corners, as the mixer.
-    assert cuda_ops._v2m_uses_planes(height, width, 1, False, dtype,
-                                     torch.device('cuda'))
+    assert cuda_ops._v2m_uses_planes(height, width, axis == 'col', 1, False,
+                                     dtype, torch.device('cuda'))
     inputs = mixer_pass_inputs(2, 3, height, width, axis)
     merge = axis == 'col'
     errors = errors_against_reference(
@@ -299,19 +299,41 @@ def test_v2m_planes_options(variable, merge_corners):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize('dtype', ALL_DTYPES)
+@pytest.mark.parametrize('height,width', [(67, 71), (200, 320)])
 @pytest.mark.parametrize('axis', ['row', 'col'])
-def test_v2m_one_state_beyond_planes(axis):
-    # A map of over 4096 pixels keeps the thread-per-line kernels for one
-    # state (V2M-S* at detection sizes).
-    assert not cuda_ops._v2m_uses_planes(67, 71, 1, False, torch.bfloat16,
-                                         torch.device('cuda'))
-    inputs = mixer_pass_inputs(1, 4, 67, 71, axis)
+def test_v2m_planes_in_bands_match_reference(dtype, height, width, axis):
+    # Maps of over 4096 pixels in bands of whole lines: 67 x 71 in row bands
+    # of 57 rows and column bands of 56 and 15 columns (single accesses),
+    # 200 x 320 (V2M-S* stage 1 at 1280 x 800) in 17 row bands of 12 rows
+    # and 20 column bands of 16 columns (vector runs).
+    assert cuda_ops._v2m_uses_planes(height, width, axis == 'col', 1, False,
+                                     dtype, torch.device('cuda'))
+    inputs = mixer_pass_inputs(1, 3, height, width, axis)
     merge = axis == 'col'
     errors = errors_against_reference(
-        inputs, torch.bfloat16, out_dtype=torch.float32 if merge else None,
+        inputs, dtype, out_dtype=weight_dtype(dtype) if merge else None,
         delta_softplus=True, axis=axis, corners=ALL_CORNERS,
         merge_corners=merge)
-    assert_close(errors, torch.bfloat16)
+    assert_close(errors, dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('axis', ['row', 'col'])
+def test_v2m_one_state_lines_beyond_a_band(axis):
+    # A line of over 4096 pixels does not fit in a band: one state keeps
+    # the thread-per-line kernels.
+    height, width = (3, 4099) if axis == 'row' else (4099, 3)
+    assert not cuda_ops._v2m_uses_planes(height, width, axis == 'col', 1,
+                                         False, torch.float32,
+                                         torch.device('cuda'))
+    inputs = mixer_pass_inputs(1, 2, height, width, axis)
+    merge = axis == 'col'
+    errors = errors_against_reference(
+        inputs, torch.float32, out_dtype=torch.float32 if merge else None,
+        delta_softplus=True, axis=axis, corners=ALL_CORNERS,
+        merge_corners=merge)
+    assert_close(errors, torch.float32)
 
 
 @pytest.mark.cuda
@@ -404,7 +426,8 @@ def test_v2m_sanitizer_clean(tool):
     # a gate of one corner each; then both again with one state (its own
     # kernels); then merged corners with five states and with one; then
     # the plane kernels (one state, no gate) with vector runs (16 x 16) and
-    # single accesses (17 x 17), corners apart and merged.
+    # single accesses (17 x 17), corners apart and merged; then maps of
+    # 72 x 64 and 72 x 67 in bands of rows and of columns.
     script = (
         'import torch\n'
         'from mmssm.ops import cuda_ops\n'
@@ -435,6 +458,19 @@ def test_v2m_sanitizer_clean(tool):
         '                A[:, :1], b[:, :, :1, :side, :side], c[:, :1],\n'
         '                c[:, 0], None, c[:, 1], True, axis,\n'
         '                merge_corners=merge).sum().backward()\n'
+        'for axis in ("row", "col"):\n'
+        '    u = torch.randn(1, 2, 72, 64, device="cuda", dtype=torch.half)\n'
+        '    d = torch.randn(1, 4, 2, 72, 64, device="cuda",\n'
+        '                    dtype=torch.half)\n'
+        '    b = torch.randn(1, 4, 1, 72, 64, device="cuda",\n'
+        '                    dtype=torch.half)\n'
+        '    A = -torch.rand(8, 1, device="cuda", requires_grad=True)\n'
+        '    c = torch.ones(8, 1, device="cuda", requires_grad=True)\n'
+        '    for x in (u, u[..., :67]):\n'
+        '        w = x.shape[-1]\n'
+        '        cuda_ops.v2m_corner_scan_cuda(x, d[..., :w], A,\n'
+        '            b[..., :w], c, c[:, 0], None, c[:, 0], True, axis,\n'
+        '            merge_corners=axis == "col").sum().backward()\n'
         'torch.cuda.synchronize()\n')
     assert_sanitizer_clean(tool, script)
 
