@@ -258,6 +258,10 @@ def benchmark_cases() -> List[Case]:
                       'N=1)', 2, 96, 200, 334, 1, 'row', bf16),
         v2m_pass_case('V2M-S* stage 1 1333×800 b2 col pass (D=96, 200×334, '
                       'N=1)', 2, 96, 200, 334, 1, 'col', bf16),
+        v2m_pass_case('V2M-S* stage 1 1280×800 b2 row pass (D=96, 200×320, '
+                      'N=1)', 2, 96, 200, 320, 1, 'row', bf16),
+        v2m_pass_case('V2M-S* stage 1 1280×800 b2 col pass (D=96, 200×320, '
+                      'N=1)', 2, 96, 200, 320, 1, 'col', bf16),
         v2m_pass_case('V2M-B* stage 1 224² b64 row pass (D=192, 56×56, N=1)',
                       64, 192, 56, 56, 1, 'row', bf16),
         v2m_pass_case('V2M-S plain 224² b64 row pass (D=768, 14×14, N=16)',

@@ -892,12 +892,19 @@ def _v2m_uses_planes(height: int, width: int, axis_col: bool,
                      num_states: int, gated: bool, dtype: torch.dtype,
                      device: Optional[torch.device]) -> bool:
     """Whether a V2M pass runs on the plane kernels (see above); mirrors
-    v2m_uses_planes in csrc/common/cuda/v2m_plane_kernel.cuh."""
+    v2m_uses_planes in csrc/common/cuda/v2m_plane_kernel.cuh. Column bands
+    need rows of a multiple of 8 pixels and bands of at least 8 columns
+    (their single-access form was slower than one thread per line)."""
+    pixels = height * width
     length = height if axis_col else width
+    if axis_col and pixels > _CROSS_PLANE_MAX_PIXELS and (
+            width % _CROSS_PLANE_ITEMS
+            or _CROSS_PLANE_MAX_PIXELS // height < _CROSS_PLANE_ITEMS):
+        return False
     return (num_states == 1 and not gated
             and length <= _CROSS_PLANE_MAX_PIXELS
-            and _plane_maps_fit(min(height * width, _CROSS_PLANE_MAX_PIXELS),
-                                dtype, device))
+            and _plane_maps_fit(min(pixels, _CROSS_PLANE_MAX_PIXELS), dtype,
+                                device))
 
 
 def _backwards_mask(corners: tuple[str, ...], axis: str) -> int:

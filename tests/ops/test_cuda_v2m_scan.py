@@ -300,13 +300,15 @@ def test_v2m_planes_options(variable, merge_corners):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize('dtype', ALL_DTYPES)
-@pytest.mark.parametrize('height,width', [(67, 71), (200, 320)])
-@pytest.mark.parametrize('axis', ['row', 'col'])
+@pytest.mark.parametrize('height,width,axis', [(67, 71, 'row'),
+                                               (200, 320, 'row'),
+                                               (72, 64, 'col'),
+                                               (200, 320, 'col')])
 def test_v2m_planes_in_bands_match_reference(dtype, height, width, axis):
-    # Maps of over 4096 pixels in bands of whole lines: 67 x 71 in row bands
-    # of 57 rows and column bands of 56 and 15 columns (single accesses),
-    # 200 x 320 (V2M-S* stage 1 at 1280 x 800) in 17 row bands of 12 rows
-    # and 20 column bands of 16 columns (vector runs).
+    # Maps of over 4096 pixels in bands of whole lines: row bands of 57 rows
+    # (67 x 71, single accesses) and of 12 rows (200 x 320, V2M-S* stage 1
+    # at 1280 x 800, vector runs); column bands of 56 and 8 columns
+    # (72 x 64) and 20 bands of 16 columns (200 x 320).
     assert cuda_ops._v2m_uses_planes(height, width, axis == 'col', 1, False,
                                      dtype, torch.device('cuda'))
     inputs = mixer_pass_inputs(1, 3, height, width, axis)
@@ -319,11 +321,13 @@ def test_v2m_planes_in_bands_match_reference(dtype, height, width, axis):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize('axis', ['row', 'col'])
-def test_v2m_one_state_lines_beyond_a_band(axis):
-    # A line of over 4096 pixels does not fit in a band: one state keeps
-    # the thread-per-line kernels.
-    height, width = (3, 4099) if axis == 'row' else (4099, 3)
+@pytest.mark.parametrize('height,width,axis', [(3, 4099, 'row'),
+                                               (4099, 3, 'col'),
+                                               (67, 71, 'col')])
+def test_v2m_one_state_beyond_planes(height, width, axis):
+    # A line of over 4096 pixels does not fit in a band, and column bands
+    # need rows of a multiple of 8 pixels: one state keeps the
+    # thread-per-line kernels there.
     assert not cuda_ops._v2m_uses_planes(height, width, axis == 'col', 1,
                                          False, torch.float32,
                                          torch.device('cuda'))

@@ -489,12 +489,21 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
 
 // Whether a pass runs on the plane kernels: one state, no gate, lines of
 // at most kCrossPlaneMaxPixels pixels, and bands whose shared maps fit the
-// GPU.
+// GPU. Column bands must take vector runs (rows of a multiple of
+// kCrossPlaneItems pixels, bands of at least that many columns): with single
+// accesses their strided loads and column-major slots cost a division per
+// element, and the 1333 x 800 column pass of V2M-S* took 3.0 ms against the
+// thread-per-line kernels' 2.2 ms.
 template <typename T>
 bool v2m_uses_planes(const V2MScanParams &p, int shared_bytes_allowed) {
   using acc_t = typename AccumType<T>::type;
+  const int pixels = p.height * p.width;
   const int length = p.axis_col ? p.height : p.width;
-  const int band_pixels = std::min(p.height * p.width, kCrossPlaneMaxPixels);
+  const bool column_bands = p.axis_col && pixels > kCrossPlaneMaxPixels;
+  if (column_bands && (p.width % kCrossPlaneItems != 0 ||
+                       kCrossPlaneMaxPixels / p.height < kCrossPlaneItems))
+    return false;
+  const int band_pixels = std::min(pixels, kCrossPlaneMaxPixels);
   return p.dstate == 1 && p.z == nullptr && length <= kCrossPlaneMaxPixels &&
          cross_plane_shared_bytes<acc_t>(band_pixels, true) <=
              shared_bytes_allowed;
