@@ -58,11 +58,11 @@ struct V2MScanParams {
   // gradient of that sum.
   bool merge_corners = false;
   // The pass runs on the plane kernels (v2m_plane_kernel.cuh): one block
-  // per band of whole lines of a (batch element, channel) map, nothing
+  // per band of whole rows of a (batch element, channel) map, nothing
   // saved for the backward pass (chunk_states is empty) and the merged map
   // written whole. Chosen by v2m_corner_scan_planes.
   bool plane = false;
-  // Lines per band and bands per map of a plane pass (set_v2m_bands: one
+  // Rows per band and bands per map of a plane pass (set_v2m_bands: one
   // band on maps of up to kCrossPlaneMaxPixels pixels).
   int band_lines = 0;
   int bands = 0;

@@ -23,8 +23,9 @@ scans: ``mmssm::wavefront_scan_fwd/bwd``
 (Mamba2D's wavefront recurrence, one launch per pass over the whole map) and
 ``mmssm::v2m_corner_scan_fwd/bwd`` (one row or column pass of V2M's corner
 scan, walking each corner's lines by indexing: with one state and no gate
-the plane kernels, whole maps or bands of whole lines, with the state reset
-at each line's start; otherwise one thread per line). Around the scans:
+the plane kernels, on whole maps or bands of whole rows, with the state
+reset at each line's start; otherwise one thread per line). Around the
+scans:
 ``mmssm::causal_conv1d_fwd/bwd`` (Vim's short convolution + SiLU) and
 ``mmssm::norm_fwd/bwd`` (LayerNorm / RMSNorm stored in the autocast dtype).
 
@@ -874,15 +875,15 @@ def wavefront_scan_2d_cuda(x: Tensor,
 
 
 # V2M's corner scan with one state and no gate runs on the plane kernels
-# (csrc/common/cuda/v2m_plane_kernel.cuh): the cross scan's block scans over
-# a whole map, with the state reset at every line's start. A map of more
-# than _CROSS_PLANE_MAX_PIXELS pixels (detection sizes) takes them in bands
-# of whole lines, which need no carry as the lines are independent; a line
-# must fit in a band. They save nothing for the backward pass. Other passes
-# run on the thread-per-line kernels: one thread walks one (channel, line)
-# pair with all its states, and the forward pass saves the states every
-# _V2M_CHUNK positions as (batch, K, chunks - 1, N, D, lines)
-# (csrc/common/v2m_scan_params.h).
+# (csrc/common/cuda/v2m_plane_kernel.cuh) on maps of up to
+# _CROSS_PLANE_MAX_PIXELS pixels: the cross scan's block scans over a whole
+# map, with the state reset at every line's start. The row pass on larger
+# maps (detection sizes) takes them in bands of whole rows, which need no
+# carry as the lines are independent. They save nothing for the backward
+# pass. Other passes run on the thread-per-line kernels: one thread walks
+# one (channel, line) pair with all its states, and the forward pass saves
+# the states every _V2M_CHUNK positions as (batch, K, chunks - 1, N, D,
+# lines) (csrc/common/v2m_scan_params.h).
 _V2M_CHUNK = 16
 _V2M_CORNERS = ('tl', 'tr', 'bl', 'br')
 _V2M_AXES = ('row', 'col')
@@ -892,17 +893,11 @@ def _v2m_uses_planes(height: int, width: int, axis_col: bool,
                      num_states: int, gated: bool, dtype: torch.dtype,
                      device: Optional[torch.device]) -> bool:
     """Whether a V2M pass runs on the plane kernels (see above); mirrors
-    v2m_uses_planes in csrc/common/cuda/v2m_plane_kernel.cuh. Column bands
-    need rows of a multiple of 8 pixels and bands of at least 8 columns
-    (their single-access form was slower than one thread per line)."""
+    v2m_uses_planes in csrc/common/cuda/v2m_plane_kernel.cuh."""
     pixels = height * width
-    length = height if axis_col else width
-    if axis_col and pixels > _CROSS_PLANE_MAX_PIXELS and (
-            width % _CROSS_PLANE_ITEMS
-            or _CROSS_PLANE_MAX_PIXELS // height < _CROSS_PLANE_ITEMS):
-        return False
-    return (num_states == 1 and not gated
-            and length <= _CROSS_PLANE_MAX_PIXELS
+    fits = pixels <= _CROSS_PLANE_MAX_PIXELS or (
+        not axis_col and width <= _CROSS_PLANE_MAX_PIXELS)
+    return (num_states == 1 and not gated and fits
             and _plane_maps_fit(min(pixels, _CROSS_PLANE_MAX_PIXELS), dtype,
                                 device))
 

@@ -200,14 +200,13 @@ def test_v2m_takes_planes_for_one_state_without_gate():
                                          gated, half, None)
 
     assert planes(56, 56) and planes(64, 64) and planes(1, 4096)
-    # Larger maps in bands of whole lines: a line must fit in a band, and
-    # column bands take vector runs (rows of a multiple of 8 pixels, bands
-    # of at least 8 columns).
-    assert planes(200, 334) and planes(200, 320, axis_col=True)
-    assert not planes(200, 334, axis_col=True)
-    assert planes(4097, 1) and planes(512, 16, axis_col=True)
-    assert not planes(513, 16, axis_col=True)
-    assert not planes(1, 4097) and not planes(4097, 8, axis_col=True)
+    # The row pass on larger maps in bands of whole rows (a row must fit in
+    # a band); the column pass only on whole maps.
+    assert planes(200, 334) and planes(4097, 1) and planes(2, 4096)
+    assert not planes(1, 4097)
+    assert planes(64, 64, axis_col=True)
+    assert not planes(200, 320, axis_col=True)
+    assert not planes(65, 64, axis_col=True)
     assert not planes(56, 56, states=2)
     assert not planes(56, 56, gated=True)
 

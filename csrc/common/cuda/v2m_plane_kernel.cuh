@@ -1,6 +1,7 @@
-// V2M's corner scan with one state (V2M-S*, V2M-B*) on maps of up to
-// kCrossPlaneMaxPixels pixels, one block per (batch element, channel) map
-// holding all K corners, forward and backward.
+// V2M's corner scan with one state (V2M-S*, V2M-B*), one block per
+// (batch element, channel) map of up to kCrossPlaneMaxPixels pixels, or per
+// band of whole rows of a larger map in the row pass, holding all K
+// corners, forward and backward.
 //
 // For corner k along each line of its walk (h = 0 before the line):
 //   dt = delta + delta_bias (softplus of it if asked),
@@ -31,6 +32,9 @@
 //   scan; the weights' gradients one atomic per warp.
 // - The backward pass recomputes the states with the same block scan, so
 //   the forward pass saves nothing.
+// - The row pass on larger maps (detection sizes) runs in bands of whole
+//   rows. V2M's lines are independent, so a band is walked on its own: no
+//   carry between bands as in the cross scan's bands.
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>
@@ -38,7 +42,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
 
 #include "v2m_scan_params.h"
 // PlaneMaps, PlaneRun, plane_load/store/atomic_add, plane_for_each_step,
@@ -50,65 +53,38 @@
 namespace mmssm {
 
 // The band of a (batch element, channel) map that a block walks, and where
-// its corners' data lie. A band holds whole lines: rows of the map (row
-// bands, also a whole map of either pass) or, with kColumns, columns (the
-// column pass on maps of more than kCrossPlaneMaxPixels pixels). Pixel q
-// of a band is its q-th pixel in row-major order. A column band keeps its
-// pixels in column-major slots, so that its walks read consecutive slots,
-// and walks as a row band of the transposed band (as the cross scan's
-// BandView). Consecutive blocks take consecutive batch elements of a
-// channel, so that blocks running at once add per-pixel dB and dC into
+// its corners' data lie. A band holds whole rows: the whole map (either
+// pass) or, for the row pass on maps of more than kCrossPlaneMaxPixels
+// pixels, as many rows as that budget holds. Its lines are whole, so it is
+// walked on its own. Consecutive blocks take consecutive batch elements of
+// a channel, so that blocks running at once add per-pixel dB and dC into
 // different maps.
-template <bool kColumns>
 struct V2MPlaneView {
-  static constexpr bool kTransposed = kColumns;
+  static constexpr bool kTransposed = false;
   int height, width, pixels;  // the band's
-  int map_pixels, map_width, origin, dim, corners, channel;
+  int map_pixels, origin, dim, corners, channel;
   long long batch_index;
 
   __device__ explicit V2MPlaneView(const V2MScanParams &p) {
     map_pixels = p.height * p.width;
-    map_width = p.width;
     dim = p.dim;
     corners = p.corners;
     channel = blockIdx.x / p.batch;
     batch_index = blockIdx.x % p.batch;
-    const int first_line = blockIdx.y * p.band_lines;
-    if (kColumns) {
-      origin = first_line;
-      height = p.height;
-      width = min(p.band_lines, p.width - first_line);
-    } else {
-      height = min(p.band_lines, p.height - first_line);
-      width = p.width;
-      origin = first_line * p.width;
-    }
+    const int first_row = blockIdx.y * p.band_lines;
+    height = min(p.band_lines, p.height - first_row);
+    width = p.width;
+    origin = first_row * p.width;
     pixels = height * width;
   }
 
   // Offset in the map of the band's pixel q.
-  __device__ __forceinline__ int offset(int q) const {
-    return kColumns ? (q / width) * map_width + origin + q % width
-                    : origin + q;
-  }
+  __device__ __forceinline__ int offset(int q) const { return origin + q; }
 
-  // Column-major slot of a column band's pixel q (past the band, q's own).
-  __device__ __forceinline__ int transposed_slot(int q) const {
-    if (q >= pixels) return plane_slot(q);
-    const int row = q / width;
-    return plane_slot((q - row * width) * height + row);
-  }
-
-  // The slots of this thread's steps (from step `first`) of walk `walk`
-  // (plane_walk_slots; a column band's walks 1 and 3 are its transposed
-  // band's 0 and 2).
+  // The slots of this thread's steps (from step `first`) of walk `walk`.
   __device__ __forceinline__ void walk_slots(
       int walk, int first, int (&slot)[kCrossPlaneItems]) const {
-    if (kColumns) {
-      plane_walk_slots(walk - 1, first, width, height, slot);
-    } else {
-      plane_walk_slots(walk, first, height, width, slot);
-    }
+    plane_walk_slots(walk, first, height, width, slot);
   }
 
   // Index of corner k's weights of this channel (A, D, delta_bias, B, C).
@@ -174,9 +150,9 @@ struct V2MPlaneWeights {
 // Stages corner k: its step sizes (zero past the map), its per-pixel B and
 // C, and, where asked, its own u (per-corner u) and dy (dout of unmerged
 // corners). All loads are issued before any is used.
-template <typename T, bool kVector, typename acc_t, typename View>
+template <typename T, bool kVector, typename acc_t>
 __device__ __forceinline__ void v2m_plane_stage(
-    const V2MScanParams &p, const View &view, int k,
+    const V2MScanParams &p, const V2MPlaneView &view, int k,
     const PlaneMaps<acc_t> &maps, bool stage_u, bool stage_dy) {
   const acc_t bias =
       p.delta_bias ? static_cast<const acc_t *>(p.delta_bias)[view.weight(k)]
@@ -211,10 +187,9 @@ __device__ __forceinline__ void v2m_plane_stage(
 
 // Stages a map shared by the corners (u, or the merged dout in the
 // accumulation type) into `target`.
-template <bool kVector, typename Elem, typename acc_t, typename View>
-__device__ __forceinline__ void v2m_plane_stage_shared(const Elem *source,
-                                                       const View &view,
-                                                       acc_t *target) {
+template <bool kVector, typename Elem, typename acc_t>
+__device__ __forceinline__ void v2m_plane_stage_shared(
+    const Elem *source, const V2MPlaneView &view, acc_t *target) {
   Elem raw[kCrossPlaneItems];
   plane_load<kVector>(source + view.shared_offset(), view, raw);
   plane_for_each_step<kVector>(view, [&](int i, int, int slot) {
@@ -222,10 +197,11 @@ __device__ __forceinline__ void v2m_plane_stage_shared(const Elem *source,
   });
 }
 
-// Stores a shared map (acc_t) as Elem into `target`, the pixels of the map.
-template <bool kVector, typename Elem, typename acc_t, typename View>
+// Stores a shared map (acc_t) as Elem into `target`, the pixels of the
+// band.
+template <bool kVector, typename Elem, typename acc_t>
 __device__ __forceinline__ void v2m_plane_store(const acc_t *map,
-                                                const View &view,
+                                                const V2MPlaneView &view,
                                                 Elem *target) {
   Elem values[kCrossPlaneItems];
   plane_for_each_step<kVector>(view, [&](int i, int, int slot) {
@@ -236,9 +212,9 @@ __device__ __forceinline__ void v2m_plane_store(const acc_t *map,
 
 // Corner k's steps of this thread: their slots, decays (0 at a line's
 // start) and drives dt B u, and the affine map of all of them.
-template <typename acc_t, typename View>
+template <typename acc_t>
 __device__ __forceinline__ AffineMap<acc_t> v2m_plane_steps(
-    const V2MScanParams &p, const View &view,
+    const V2MScanParams &p, const V2MPlaneView &view,
     const PlaneMaps<acc_t> &maps, int k, const V2MPlaneWeights<acc_t> &w,
     unsigned starts, int (&slot)[kCrossPlaneItems],
     acc_t (&decay)[kCrossPlaneItems], acc_t (&drive)[kCrossPlaneItems]) {
@@ -256,43 +232,24 @@ __device__ __forceinline__ AffineMap<acc_t> v2m_plane_steps(
   return own;
 }
 
-// Sets the band geometry of a plane pass: the whole map, as one row band,
-// where it has at most kCrossPlaneMaxPixels pixels; else as many whole
-// lines per band as that budget holds (rows of the row pass, columns of the
-// column pass), a column band a multiple of kCrossPlaneItems columns where
-// it holds that many, so that a thread's run of pixels lies in one row.
+// Sets the band geometry of a plane pass: the whole map where it has at
+// most kCrossPlaneMaxPixels pixels, else (the row pass) as many whole rows
+// per band as that budget holds.
 inline void set_v2m_bands(V2MScanParams &p) {
-  if (p.height * p.width <= kCrossPlaneMaxPixels) {
-    p.band_lines = p.height;
-    p.bands = 1;
-    return;
-  }
-  const int lines = p.axis_col ? p.width : p.height;
-  const int length = p.axis_col ? p.height : p.width;
-  int per_band = kCrossPlaneMaxPixels / length;
-  if (p.axis_col && per_band >= kCrossPlaneItems)
-    per_band -= per_band % kCrossPlaneItems;
-  p.band_lines = per_band;
-  p.bands = (lines + per_band - 1) / per_band;
-}
-
-// Whether a pass in column bands (V2MPlaneView<true>) runs: the column
-// pass on a map in more than one band.
-inline bool v2m_column_bands(const V2MScanParams &p) {
-  return p.axis_col && p.bands > 1;
+  p.band_lines = p.height * p.width <= kCrossPlaneMaxPixels
+                     ? p.height
+                     : kCrossPlaneMaxPixels / p.width;
+  p.bands = (p.height + p.band_lines - 1) / p.band_lines;
 }
 
 // Whether the passes take vector accesses (plane_pass_step): every run of
 // kCrossPlaneItems pixels of a band lies in consecutive, 16-byte aligned
 // pixels of the map (a whole map of a multiple of kCrossPlaneItems pixels,
-// row bands of such rows, column bands of such columns in such rows), and
-// every per-pixel tensor is 16-byte aligned.
+// or bands of rows of such a multiple), and every per-pixel tensor is
+// 16-byte aligned.
 inline bool v2m_plane_vector(const V2MScanParams &p) {
-  const bool runs =
-      p.bands == 1 ? p.height * p.width % kCrossPlaneItems == 0
-                   : p.width % kCrossPlaneItems == 0 &&
-                         (!p.axis_col || p.band_lines % kCrossPlaneItems == 0);
-  if (!runs) return false;
+  const int run_of = p.bands == 1 ? p.height * p.width : p.width;
+  if (run_of % kCrossPlaneItems != 0) return false;
   for (const void *tensor :
        {p.u, p.delta, p.var_B ? p.B : nullptr, p.var_C ? p.C : nullptr,
         p.dout, static_cast<const void *>(p.out),
@@ -304,14 +261,14 @@ inline bool v2m_plane_vector(const V2MScanParams &p) {
   return true;
 }
 
-template <typename T, bool kVector, typename View>
+template <typename T, bool kVector>
 __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
     v2m_plane_fwd_kernel(V2MScanParams p) {
   using acc_t = typename AccumType<T>::type;
   constexpr int kItems = kCrossPlaneItems;
   __shared__ AffineMap<acc_t> warp_totals[kCrossPlaneMaxWarps];
   extern __shared__ __align__(16) unsigned char v2m_plane_fwd_shared[];
-  const View view(p);
+  const V2MPlaneView view(p);
   const int num_warps = blockDim.x >> 5;
   const PlaneMaps<acc_t> maps(v2m_plane_fwd_shared);
   // The corners' outputs: their sum where they merge, else one at a time.
@@ -362,14 +319,14 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
   }
 }
 
-template <typename T, bool kVector, typename View>
+template <typename T, bool kVector>
 __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
     v2m_plane_bwd_kernel(V2MScanParams p) {
   using acc_t = typename AccumType<T>::type;
   constexpr int kItems = kCrossPlaneItems;
   __shared__ AffineMap<acc_t> warp_totals[kCrossPlaneMaxWarps];
   extern __shared__ __align__(16) unsigned char v2m_plane_bwd_shared[];
-  const View view(p);
+  const V2MPlaneView view(p);
   const int num_warps = blockDim.x >> 5;
   const PlaneMaps<acc_t> maps(v2m_plane_bwd_shared);
   // du: the sum over corners where they share u, else one corner's.
@@ -487,25 +444,21 @@ __global__ void __launch_bounds__(kCrossPlaneMaxThreads, kCrossPlaneMinBlocks)
   }
 }
 
-// Whether a pass runs on the plane kernels: one state, no gate, lines of
-// at most kCrossPlaneMaxPixels pixels, and bands whose shared maps fit the
-// GPU. Column bands must take vector runs (rows of a multiple of
-// kCrossPlaneItems pixels, bands of at least that many columns): with single
-// accesses their strided loads and column-major slots cost a division per
-// element, and the 1333 x 800 column pass of V2M-S* took 3.0 ms against the
-// thread-per-line kernels' 2.2 ms.
+// Whether a pass runs on the plane kernels: one state, no gate, and a map
+// of at most kCrossPlaneMaxPixels pixels, or for the row pass rows of at
+// most that many, whose shared maps fit the GPU. (Column bands, walked in
+// column-major slots as the cross scan's, were measured on V2M-S*'s column
+// pass at 200 x 320 to 200 x 344: 0.85-1.09x the thread-per-line kernels in
+// forward + backward, so the column pass keeps those on larger maps.)
 template <typename T>
 bool v2m_uses_planes(const V2MScanParams &p, int shared_bytes_allowed) {
   using acc_t = typename AccumType<T>::type;
   const int pixels = p.height * p.width;
-  const int length = p.axis_col ? p.height : p.width;
-  const bool column_bands = p.axis_col && pixels > kCrossPlaneMaxPixels;
-  if (column_bands && (p.width % kCrossPlaneItems != 0 ||
-                       kCrossPlaneMaxPixels / p.height < kCrossPlaneItems))
-    return false;
-  const int band_pixels = std::min(pixels, kCrossPlaneMaxPixels);
-  return p.dstate == 1 && p.z == nullptr && length <= kCrossPlaneMaxPixels &&
-         cross_plane_shared_bytes<acc_t>(band_pixels, true) <=
+  const bool fits = pixels <= kCrossPlaneMaxPixels ||
+                    (!p.axis_col && p.width <= kCrossPlaneMaxPixels);
+  return p.dstate == 1 && p.z == nullptr && fits &&
+         cross_plane_shared_bytes<acc_t>(
+             std::min(pixels, kCrossPlaneMaxPixels), true) <=
              shared_bytes_allowed;
 }
 
@@ -514,20 +467,21 @@ void v2m_plane_launch(const V2MScanParams &params, bool backward) {
   using acc_t = typename AccumType<T>::type;
   V2MScanParams p = params;
   set_v2m_bands(p);
-  const int band_pixels =
-      p.band_lines * (v2m_column_bands(p) ? p.height : p.width);
+  const int band_pixels = p.band_lines * p.width;
   const dim3 grid(static_cast<unsigned>(p.batch) * p.dim, p.bands);
   const dim3 block(cross_plane_threads(band_pixels));
   const int bytes = cross_plane_shared_bytes<acc_t>(band_pixels, backward);
   const int allowed = static_cast<int>(
       at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
-  TORCH_CHECK(p.dstate == 1 && p.z == nullptr &&
+  TORCH_CHECK(p.dstate == 1 && p.z == nullptr && !(p.axis_col && p.bands > 1) &&
                   band_pixels <= kCrossPlaneMaxPixels && bytes <= allowed,
               "v2m corner scan: the plane kernels take one state, no gate "
-              "and lines of at most ", kCrossPlaneMaxPixels, " pixels in "
-              "bands within ", allowed, " bytes of shared memory; got N = ",
-              p.dstate, p.z ? ", a gate" : "", " and a ", p.height, " x ",
-              p.width, " map needing ", bytes, " bytes");
+              "and bands of whole rows of at most ", kCrossPlaneMaxPixels,
+              " pixels (whole maps for the column pass) within ", allowed,
+              " bytes of shared memory; got N = ", p.dstate,
+              p.z ? ", a gate" : "", " and a ", p.height, " x ", p.width,
+              p.axis_col ? " column pass" : " row pass", " needing ", bytes,
+              " bytes");
   const auto stream = at::cuda::getCurrentCUDAStream();
   auto launch = [&](auto kernel) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(
@@ -535,21 +489,12 @@ void v2m_plane_launch(const V2MScanParams &params, bool backward) {
     kernel<<<grid, block, bytes, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
-  // columns: std::true_type for column bands.
-  auto launch_view = [&](auto columns) {
-    using View = V2MPlaneView<decltype(columns)::value>;
-    if (backward) {
-      launch(v2m_plane_vector(p) ? v2m_plane_bwd_kernel<T, true, View>
-                                 : v2m_plane_bwd_kernel<T, false, View>);
-    } else {
-      launch(v2m_plane_vector(p) ? v2m_plane_fwd_kernel<T, true, View>
-                                 : v2m_plane_fwd_kernel<T, false, View>);
-    }
-  };
-  if (v2m_column_bands(p)) {
-    launch_view(std::true_type{});
+  if (backward) {
+    launch(v2m_plane_vector(p) ? v2m_plane_bwd_kernel<T, true>
+                               : v2m_plane_bwd_kernel<T, false>);
   } else {
-    launch_view(std::false_type{});
+    launch(v2m_plane_vector(p) ? v2m_plane_fwd_kernel<T, true>
+                               : v2m_plane_fwd_kernel<T, false>);
   }
 }
 
