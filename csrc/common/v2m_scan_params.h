@@ -64,7 +64,7 @@ struct V2MScanParams {
   bool plane = false;
   // Rows per band and bands per map of a plane pass (set_v2m_bands: one
   // band on maps of up to kCrossPlaneMaxPixels pixels).
-  int band_lines = 0;
+  int band_rows = 0;
   int bands = 0;
 
   const void *u = nullptr;

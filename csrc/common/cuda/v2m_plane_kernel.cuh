@@ -71,8 +71,8 @@ struct V2MPlaneView {
     corners = p.corners;
     channel = blockIdx.x / p.batch;
     batch_index = blockIdx.x % p.batch;
-    const int first_row = blockIdx.y * p.band_lines;
-    height = min(p.band_lines, p.height - first_row);
+    const int first_row = blockIdx.y * p.band_rows;
+    height = min(p.band_rows, p.height - first_row);
     width = p.width;
     origin = first_row * p.width;
     pixels = height * width;
@@ -236,10 +236,10 @@ __device__ __forceinline__ AffineMap<acc_t> v2m_plane_steps(
 // most kCrossPlaneMaxPixels pixels, else (the row pass) as many whole rows
 // per band as that budget holds.
 inline void set_v2m_bands(V2MScanParams &p) {
-  p.band_lines = p.height * p.width <= kCrossPlaneMaxPixels
-                     ? p.height
-                     : kCrossPlaneMaxPixels / p.width;
-  p.bands = (p.height + p.band_lines - 1) / p.band_lines;
+  p.band_rows = p.height * p.width <= kCrossPlaneMaxPixels
+                    ? p.height
+                    : kCrossPlaneMaxPixels / p.width;
+  p.bands = (p.height + p.band_rows - 1) / p.band_rows;
 }
 
 // Whether the passes take vector accesses (plane_pass_step): every run of
@@ -248,8 +248,10 @@ inline void set_v2m_bands(V2MScanParams &p) {
 // or bands of rows of such a multiple), and every per-pixel tensor is
 // 16-byte aligned.
 inline bool v2m_plane_vector(const V2MScanParams &p) {
-  const int run_of = p.bands == 1 ? p.height * p.width : p.width;
-  if (run_of % kCrossPlaneItems != 0) return false;
+  // A whole map's runs start every kCrossPlaneItems pixels of the tensor;
+  // bands start at whole rows.
+  const int period = p.bands == 1 ? p.height * p.width : p.width;
+  if (period % kCrossPlaneItems != 0) return false;
   for (const void *tensor :
        {p.u, p.delta, p.var_B ? p.B : nullptr, p.var_C ? p.C : nullptr,
         p.dout, static_cast<const void *>(p.out),
@@ -467,7 +469,7 @@ void v2m_plane_launch(const V2MScanParams &params, bool backward) {
   using acc_t = typename AccumType<T>::type;
   V2MScanParams p = params;
   set_v2m_bands(p);
-  const int band_pixels = p.band_lines * p.width;
+  const int band_pixels = p.band_rows * p.width;
   const dim3 grid(static_cast<unsigned>(p.batch) * p.dim, p.bands);
   const dim3 block(cross_plane_threads(band_pixels));
   const int bytes = cross_plane_shared_bytes<acc_t>(band_pixels, backward);
