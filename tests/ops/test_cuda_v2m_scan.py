@@ -1,5 +1,6 @@
 """Tests of the compiled V2M corner scan (mmssm/ops/cuda_ops.py,
-csrc/common/cuda/v2m_corner_scan_kernel.cuh).
+csrc/common/cuda/v2m_corner_scan_kernel.cuh and, for one state without a
+gate, v2m_plane_kernel.cuh).
 
 The output and every input gradient are compared with the float64 naive
 loop reference ``v2m_corner_scan_reference`` on fresh random inputs.

@@ -1,7 +1,8 @@
-"""The V2M corner-scan kernels (v2m_corner_scan_kernel.cuh), run on the CPU
-by the CUDA emulator, against the float64 reference: the kernels' logic
-(row and column passes, corner walks, per-pixel and constant B/C, gates,
-merged corners, chunks, one state and many) on every machine."""
+"""The V2M corner-scan kernels (v2m_corner_scan_kernel.cuh and the plane
+kernels of v2m_plane_kernel.cuh), run on the CPU by the CUDA emulator,
+against the float64 reference: the kernels' logic (row and column passes,
+corner walks, per-pixel and constant B/C, gates, merged corners, chunks,
+one state and many, line resets, row bands) on every machine."""
 from typing import Dict, Optional, Sequence
 
 import pytest
