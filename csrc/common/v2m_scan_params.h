@@ -186,9 +186,10 @@ template <typename T>
 void v2m_corner_scan_launch(const V2MScanParams &params, bool backward);
 
 // Whether a pass with element type T runs on the plane kernels: one state,
-// no gate, a map of at most kCrossPlaneMaxPixels pixels whose shared maps
-// fit the current GPU (mmssm/ops/cuda_ops.py mirrors this for its shapes).
-// Instantiated with the launcher.
+// no gate, and a map of at most kCrossPlaneMaxPixels pixels, or for the row
+// pass rows of at most that many (in bands), whose shared maps fit the
+// current GPU (v2m_uses_planes; mmssm/ops/cuda_ops.py mirrors it for its
+// shapes). Instantiated with the launcher.
 template <typename T>
 bool v2m_corner_scan_planes(const V2MScanParams &params);
 

@@ -67,6 +67,15 @@ def emulated_source(text: str) -> str:
     return '#include "cuda_emulator.h"\n' + _LAUNCH.sub(launch, text)
 
 
+#: Edit for build_emulated_library: the plane kernels' band budget (cross
+#: scan bands, V2M row bands) at 256 pixels instead of 4096, so that small
+#: maps take many bands.
+SMALL_PLANE_BUDGET = {
+    'constexpr int kCrossPlaneMaxPixels = 4096;':
+    'constexpr int kCrossPlaneMaxPixels = 256;'
+}
+
+
 def build_emulated_library(driver: str, build_dir: Path,
                            edits: Optional[Dict[str, str]] = None
                            ) -> ctypes.CDLL:

@@ -6,20 +6,15 @@ import pytest
 import torch
 
 import cuda_testing
-from cuda_emulation import build_emulated_library
+from cuda_emulation import SMALL_PLANE_BUDGET, build_emulated_library
 from test_cross_plane_emulated import errors_against_reference, plane_inputs
-
-SMALL_BUDGET = {
-    'constexpr int kCrossPlaneMaxPixels = 4096;':
-    'constexpr int kCrossPlaneMaxPixels = 256;'
-}
 
 
 @pytest.fixture(scope='module')
 def small_band_library(tmp_path_factory):
     return build_emulated_library('cross_scan_driver.cpp',
                                   tmp_path_factory.mktemp('bands'),
-                                  SMALL_BUDGET)
+                                  SMALL_PLANE_BUDGET)
 
 
 def slowly_decaying(inputs):
@@ -86,7 +81,7 @@ def test_emulated_bands_of_the_real_budget(emulated_cross_library):
 ])
 def test_emulator_sees_a_broken_band_kernel(tmp_path, edit):
     library = build_emulated_library('cross_scan_driver.cpp', tmp_path,
-                                     {**SMALL_BUDGET, **edit})
+                                     {**SMALL_PLANE_BUDGET, **edit})
     inputs = slowly_decaying(plane_inputs(1, 1, 17, 19, False))
     errors = errors_against_reference(library, inputs, torch.float64, False)
     with pytest.raises(AssertionError):

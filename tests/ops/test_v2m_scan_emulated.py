@@ -13,7 +13,8 @@ from mmssm.ops.cuda_ops import _backwards_mask
 from mmssm.ops.v2m_scan import v2m_corner_scan_reference
 
 import cuda_testing
-from cuda_emulation import EmulatedV2MCornerScan, build_emulated_library
+from cuda_emulation import (SMALL_PLANE_BUDGET, EmulatedV2MCornerScan,
+                            build_emulated_library)
 
 WEIGHT_NAMES = ('A', 'D', 'delta_bias')
 ALL_CORNERS = ('tl', 'tr', 'bl', 'br')
@@ -174,18 +175,12 @@ def test_emulated_v2m_planes_on_the_largest_map(library):
                              ('tr', 'bl'), merge_corners=True, plane=True)
 
 
-SMALL_BUDGET = {
-    'constexpr int kCrossPlaneMaxPixels = 4096;':
-    'constexpr int kCrossPlaneMaxPixels = 256;'
-}
-
-
 @pytest.fixture(scope='module')
 def small_band_library(tmp_path_factory):
     # Bands of at most 256 pixels, so that small maps take many bands.
     return build_emulated_library('v2m_scan_driver.cpp',
                                   tmp_path_factory.mktemp('v2m_bands'),
-                                  SMALL_BUDGET)
+                                  SMALL_PLANE_BUDGET)
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])

@@ -79,10 +79,11 @@
 //   written, nor a broadcast copy of the gradient.
 // - Threads of a block past the map's last line or channel run the same
 //   barriers on zeros; only owned pixels and channels are written.
-// - One state without a gate on maps of up to kCrossPlaneMaxPixels pixels
-//   (V2M-S* and V2M-B* at 224²) takes the plane kernels instead
-//   (v2m_plane_kernel.cuh, params.plane); these kernels serve larger maps
-//   and every other pass.
+// - One state without a gate takes the plane kernels instead
+//   (v2m_plane_kernel.cuh, params.plane) on maps of up to
+//   kCrossPlaneMaxPixels pixels (V2M-S* and V2M-B* at 224²) and, in bands
+//   of rows, in the row pass of larger maps; these kernels serve the column
+//   pass of larger maps and every other pass.
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>

@@ -13,7 +13,7 @@ struct V2MCall {
   int batch, corners, dim, height, width, dstate;
   int shared_u, var_B, var_C, shared_z, axis_col, delta_softplus;
   int merge_corners;
-  int plane;  // the plane kernels (one state, no gate, small maps)
+  int plane;  // the plane kernels (one state, no gate)
   int64_t backwards_mask;
 };
 
