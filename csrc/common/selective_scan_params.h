@@ -35,6 +35,10 @@ struct SelectiveScanParams {
   // such chunks per sequence (ceil(length / forward_chunk_length)).
   int forward_chunk_length = 0;
   int num_forward_chunks = 1;
+  // Thread backward: positions each thread walks (a multiple of
+  // kChunkStateStride), and the number of such chunks per sequence.
+  int backward_chunk_length = 0;
+  int num_backward_chunks = 1;
   // Channels that share their groups of B and of C: dim / lcm(groups of B,
   // groups of C), a constant B/C counting as one group.
   int channels_per_segment = 1;
@@ -65,6 +69,12 @@ struct SelectiveScanParams {
   // num_dirs * dim, num_forward_chunks - 1). The last chunk needs neither.
   void *chunk_end_states = nullptr;
   void *chunk_step_sums = nullptr;
+  // Thread backward with num_backward_chunks > 1, accumulation type: the
+  // adjoint each chunk but the first carries out of its first position when
+  // entered with zero, (batch, dim, num_backward_chunks - 1, dstate), chunk
+  // k at k - 1; chunk_step_sums holds their sums of steps, (batch, dim,
+  // num_backward_chunks - 1). The first chunk needs neither.
+  void *chunk_adjoints = nullptr;
 
   // Backward.
   const void *dout = nullptr;
@@ -87,8 +97,9 @@ constexpr int kChunkStateStride = 256;
 // - kThreadPerChunk: forward (dstate <= kThreadScanMaxStates), one thread
 //   per (sequence, chunk of forward_chunk_length positions) walks its chunk
 //   with every state in registers; backward (mamba layout, dstate <=
-//   kThreadBwdMaxStates), one thread per sequence walks all its chunks from
-//   the last one down (num_threads, num_items unused);
+//   kThreadBwdMaxStates), one thread per (sequence, chunk of
+//   backward_chunk_length = num_items positions) walks its chunk from the
+//   last position down (num_threads unused);
 // - kBlockPerSequence: the block forward (any dstate) and the block backward
 //   kernel run one block of num_threads threads per sequence, each thread
 //   owning num_items consecutive positions;

@@ -240,6 +240,17 @@ std::vector<at::Tensor> selective_scan_backward(
     TORCH_CHECK(params.dstate <= kThreadBwdMaxStates, "selective scan: the "
                 "thread backward kernel holds at most ", kThreadBwdMaxStates,
                 " states, got dstate ", params.dstate);
+    TORCH_CHECK(num_items > 0 && num_items % kChunkStateStride == 0,
+                "selective scan: the thread backward kernel's chunks "
+                "(num_items positions) must be a positive multiple of ",
+                kChunkStateStride, " positions, got ", num_items);
+    const int64_t num_backward_chunks =
+        (params.length + num_items - 1) / num_items;
+    TORCH_CHECK(num_backward_chunks <= 65535, "selective scan: at most 65535 "
+                "backward chunks per sequence, got ", num_backward_chunks,
+                " (num_items ", num_items, ")");
+    params.backward_chunk_length = num_items;
+    params.num_backward_chunks = num_backward_chunks;
   }
 
   const auto acc_options = u.options().dtype(acc);
@@ -267,6 +278,16 @@ std::vector<at::Tensor> selective_scan_backward(
   params.dz = z.has_value() ? dz.data_ptr() : nullptr;
   params.ddelta_bias = delta_bias.has_value() ? ddelta_bias.data_ptr()
                                               : nullptr;
+  at::Tensor chunk_joins;
+  if (params.num_backward_chunks > 1) {
+    // Per join: the adjoint carried out of the chunk, then its step sum.
+    const int64_t joins = int64_t(params.batch) * params.dim *
+                          (params.num_backward_chunks - 1);
+    chunk_joins = at::empty({joins * (params.dstate + 1)}, acc_options);
+    params.chunk_adjoints = chunk_joins.data_ptr();
+    params.chunk_step_sums = chunk_joins.narrow(0, joins * params.dstate,
+                                                joins).data_ptr();
+  }
   const ScanLayout layout = kernel == "thread" ? ScanLayout::kThreadPerChunk
                             : kernel == "warp"  ? ScanLayout::kWarpPerSequence
                                                 : ScanLayout::kBlockPerSequence;

@@ -54,24 +54,30 @@ from .causal_conv1d import ACTIVATIONS as CONV_ACTIVATIONS
 # (these chunks cost one more pass over the inputs). Larger states take the
 # block forward kernel: one block per sequence with (threads, positions per
 # thread) picked by length; the first entry whose length bound holds wins.
-# The backward pass runs one thread per sequence (its blocks sum shared B/C
-# gradients over 32 channels a warp) in the mamba layout with dstate <=
-# _THREAD_BACKWARD_MAX_STATES where there are at least
-# _MIN_SEQUENCES_FOR_THREAD_BACKWARD sequences (it walks a sequence's chunks
-# one after the other, so it needs many sequences to fill the GPU: on the
-# H100 it beats the warp kernel at Vim-S 224² batch 64, 49152 sequences, 1.62
-# against 2.0 ms forward + backward, and loses at Vim-T's 24576); else one
-# warp per sequence (its blocks sum shared B/C gradients over 8 channels)
-# where there are at least _MIN_SEQUENCES_PER_WARP_BACKWARD sequences, else
-# one block per sequence, whose chunks must span a multiple of _STATE_STRIDE
-# positions.
+# The backward pass runs one thread per (sequence, chunk of positions) (its
+# blocks sum shared B/C gradients over 32 channels a warp) in the mamba
+# layout with dstate <= _THREAD_BACKWARD_MAX_STATES where that makes at
+# least _MIN_THREADS_FOR_THREAD_BACKWARD threads: a whole sequence per
+# thread where there are at least _TARGET_BACKWARD_THREADS sequences, else
+# chunks of a multiple of _STATE_STRIDE positions sized for about that many
+# threads (these chunks cost one more pass of the adjoint alone). A thread
+# walks its positions one after the other, so the kernel needs many threads
+# to fill the GPU. On the H100 (bf16 backward, N = 16) it beats the warp
+# kernel from Vim-T 224² batch 64 (24576 sequences of 197 positions, 0.59
+# against 0.99 ms) to Vim-S 1024² batch 8 (6144 sequences of 4097 in
+# chunks of 512, 1.80 against 3.06 ms); chunks of 768 (37k threads) took
+# 2.19 ms there, and of 256 (104k threads) 1.86. Else one warp per
+# sequence (its blocks sum shared B/C gradients over 8 channels) where there
+# are at least _MIN_SEQUENCES_PER_WARP_BACKWARD sequences, else one block per
+# sequence, whose chunks must span a multiple of _STATE_STRIDE positions.
 # csrc/common/selective_scan_params.h lists the compiled configurations.
 _FORWARD_CONFIGS = ((128, 32, 4), (256, 64, 4), (512, 128, 4))
 _BLOCK_BACKWARD_CONFIGS = ((256, 64, 4), (512, 128, 4))
 _LONG_SEQUENCE_CONFIG = (128, 8)
 _WARP_BACKWARD_CONFIG = (256, 8)
 _MIN_SEQUENCES_PER_WARP_BACKWARD = 4096
-_MIN_SEQUENCES_FOR_THREAD_BACKWARD = 32768
+_MIN_THREADS_FOR_THREAD_BACKWARD = 24576
+_TARGET_BACKWARD_THREADS = 65536
 _THREAD_BACKWARD_MAX_STATES = 16
 _THREAD_SCAN_MAX_STATES = 64
 _MIN_SEQUENCES_FOR_ONE_CHUNK = 32768
@@ -98,6 +104,13 @@ def _forward_chunk_length(num_sequences: int, length: int) -> int:
     return min(length, -(-strides // chunks) * _STATE_STRIDE)
 
 
+def _backward_chunk_length(num_sequences: int, length: int) -> int:
+    """Positions per thread of the thread-per-chunk backward kernel."""
+    strides = -(-length // _STATE_STRIDE)
+    chunks = max(1, -(-_TARGET_BACKWARD_THREADS // num_sequences))
+    return -(-strides // chunks) * _STATE_STRIDE
+
+
 def _backward_config(num_sequences: int, length: int, dstate: int,
                      num_dirs: int) -> tuple[int, int, str]:
     """Threads, positions per thread and the backward kernel.
@@ -110,12 +123,14 @@ def _backward_config(num_sequences: int, length: int, dstate: int,
 
     Returns:
         (threads per block, positions per thread, kernel), the kernel being
-        ``'thread'`` (threads and positions unused), ``'warp'`` or
-        ``'block'``.
+        ``'thread'`` (threads unused; positions: the chunk each thread
+        walks), ``'warp'`` or ``'block'``.
     """
-    if (num_dirs == 1 and dstate <= _THREAD_BACKWARD_MAX_STATES
-            and num_sequences >= _MIN_SEQUENCES_FOR_THREAD_BACKWARD):
-        return 0, 0, 'thread'
+    if num_dirs == 1 and dstate <= _THREAD_BACKWARD_MAX_STATES:
+        chunk_length = _backward_chunk_length(num_sequences, length)
+        threads = num_sequences * -(-length // chunk_length)
+        if threads >= _MIN_THREADS_FOR_THREAD_BACKWARD:
+            return 0, chunk_length, 'thread'
     if num_sequences >= _MIN_SEQUENCES_PER_WARP_BACKWARD:
         return (*_WARP_BACKWARD_CONFIG, 'warp')
     for max_length, num_threads, num_items in _BLOCK_BACKWARD_CONFIGS:

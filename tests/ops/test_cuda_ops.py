@@ -617,7 +617,7 @@ def force_backward_kernel(kernel: str, monkeypatch) -> None:
     sequences normally take the block kernel; thresholds of 1 force the warp
     or the thread kernel (the cross layout then takes the warp kernel)."""
     if kernel == 'thread':
-        monkeypatch.setattr(cuda_ops, '_MIN_SEQUENCES_FOR_THREAD_BACKWARD', 1)
+        monkeypatch.setattr(cuda_ops, '_MIN_THREADS_FOR_THREAD_BACKWARD', 1)
     if kernel in ('thread', 'warp'):
         monkeypatch.setattr(cuda_ops, '_MIN_SEQUENCES_PER_WARP_BACKWARD', 1)
 
@@ -813,12 +813,32 @@ def test_forward_chunk_lengths_cover_the_sequence():
                                   sequences * strides)
 
 
+def test_backward_chunk_lengths_cover_the_sequence():
+    stride = cuda_ops._STATE_STRIDE
+    for sequences, length in [(1, 1), (6, 1031), (6144, 4097), (49152, 197),
+                              (24576, 1025), (10**6, 5000)]:
+        chunk = cuda_ops._backward_chunk_length(sequences, length)
+        # Whole saved stretches, no chunk without positions.
+        assert chunk > 0 and chunk % stride == 0
+        assert chunk < length + stride
+        # At least half the target thread count, unless every chunk is
+        # already one stretch.
+        threads = sequences * -(-length // chunk)
+        strides = -(-length // stride)
+        assert 2 * threads >= min(cuda_ops._TARGET_BACKWARD_THREADS,
+                                  sequences * strides)
+
+
 def test_backward_config_picks_the_kernel_by_layout_and_count():
-    many = cuda_ops._MIN_SEQUENCES_FOR_THREAD_BACKWARD
+    many = cuda_ops._MIN_THREADS_FOR_THREAD_BACKWARD
     max_states = cuda_ops._THREAD_BACKWARD_MAX_STATES
-    # Vim-S at 224², batch 64: 49152 sequences of 197 positions, 16 states.
-    assert cuda_ops._backward_config(49152, 197, 16, 1)[2] == 'thread'
+    # Vim-S at 224², batch 64: 49152 sequences of 197 positions, 16 states,
+    # a sequence per thread.
+    assert cuda_ops._backward_config(49152, 197, 16, 1) == (0, 256, 'thread')
     assert cuda_ops._backward_config(many, 5000, max_states, 1)[2] == 'thread'
+    # Vim-S at 1024², batch 8: 6144 sequences of 4097 positions, in nine
+    # chunks of 512.
+    assert cuda_ops._backward_config(6144, 4097, 16, 1) == (0, 512, 'thread')
     # Too many states, the cross layout or too few sequences: the warp
     # kernel, and the block kernel for few sequences.
     assert cuda_ops._backward_config(many, 197, max_states + 1, 1) == (
@@ -884,7 +904,7 @@ def test_thread_backward_kernel_matches_warp_kernel(monkeypatch):
     for kernel in ('warp', 'thread'):
         force_backward_kernel(kernel, monkeypatch)
         if kernel == 'warp':
-            monkeypatch.setattr(cuda_ops, '_MIN_SEQUENCES_FOR_THREAD_BACKWARD',
+            monkeypatch.setattr(cuda_ops, '_MIN_THREADS_FOR_THREAD_BACKWARD',
                                 10**9)
         leaves = {k: None if v is None else v.detach().clone().requires_grad_()
                   for k, v in inputs.items()}
@@ -897,16 +917,38 @@ def test_thread_backward_kernel_matches_warp_kernel(monkeypatch):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize('dtype', ALL_DTYPES)
+@pytest.mark.parametrize('chunk_length', [256, 512, 1280])
+def test_thread_backward_chunks_match_reference(dtype, chunk_length,
+                                                monkeypatch):
+    # Backward chunks of one, two and five saved stretches over 1031
+    # positions (the last chunk partial), joined by their adjoints; grouped
+    # B/C, the z gate, both orders.
+    force_backward_kernel('thread', monkeypatch)
+    monkeypatch.setattr(cuda_ops, '_backward_chunk_length',
+                        lambda sequences, length: chunk_length)
+    for reverse in (False, True):
+        inputs = selective_scan_inputs(2, 6, 1031, 5, 'grouped', groups=3,
+                                       with_z=True)
+        errors = errors_against_reference(
+            inputs, cuda_ops.selective_scan_cuda, selective_scan_reference,
+            dtype, delta_softplus=True, reverse=reverse)
+        assert_close(errors, dtype)
+
+
+@pytest.mark.cuda
 @needs_sanitizer
 @pytest.mark.parametrize('tool', ['memcheck', 'racecheck'])
 def test_thread_backward_kernel_sanitizer_clean(tool):
-    # Two blocks per segment (70 channels), two chunks with a partial last
-    # tile (300 positions), variable and constant B/C, both orders.
+    # Two blocks per segment (70 channels), two saved stretches with a
+    # partial last tile (300 positions) in one backward chunk and in two,
+    # variable and constant B/C, both orders.
     script = (
         'import torch\n'
         'from mmssm.ops import cuda_ops\n'
-        'cuda_ops._MIN_SEQUENCES_FOR_THREAD_BACKWARD = 1\n'
-        'for dt in (torch.float32, torch.bfloat16):\n'
+        'cuda_ops._MIN_THREADS_FOR_THREAD_BACKWARD = 1\n'
+        'for dt, target in ((torch.float32, 1), (torch.bfloat16, 10**6)):\n'
+        '    cuda_ops._TARGET_BACKWARD_THREADS = target\n'
         '    u = torch.randn(2, 70, 300, device="cuda", dtype=dt)\n'
         '    u.requires_grad_()\n'
         '    A = -torch.rand(70, 5, device="cuda", requires_grad=True)\n'

@@ -86,11 +86,30 @@ def test_emulated_block_kernels_match_reference(library, dtype, length):
 
 
 @pytest.mark.parametrize('reverse', [False, True])
-def test_emulated_thread_kernels_match_reference(library, reverse):
+@pytest.mark.parametrize('backward_chunk', [256, 512])
+def test_emulated_thread_kernels_match_reference(library, reverse,
+                                                 backward_chunk):
     # The thread-per-chunk forward in two chunks of 256 positions (joined
-    # by their end states) and the thread-per-sequence backward.
+    # by their end states) and the thread-per-chunk backward in two chunks
+    # (joined by their adjoints) or in one of two saved stretches.
     assert_matches_reference(library, scan_inputs(1, 3, 300, 5),
-                             (0, 0, 256), ('thread', 0, 0), reverse=reverse)
+                             (0, 0, 256), ('thread', 0, backward_chunk),
+                             reverse=reverse)
+
+
+@pytest.mark.parametrize('groups', [0, 1, 2])
+@pytest.mark.parametrize('length,backward_chunk', [(700, 256), (1100, 512),
+                                                   (513, 256)])
+def test_emulated_thread_backward_chunks_match_reference(
+        library, groups, length, backward_chunk):
+    # Three or more backward chunks, the last one partial (513: one
+    # position), so each chunk's adjoint is composed from several after it;
+    # constant, shared and grouped B/C, the z gate, both orders.
+    for reverse in (False, True):
+        assert_matches_reference(library,
+                                 scan_inputs(2, 4, length, 3, groups),
+                                 (0, 0, 256), ('thread', 0, backward_chunk),
+                                 reverse=reverse)
 
 
 @pytest.mark.parametrize('groups', [0, 1, 2])
@@ -105,16 +124,26 @@ def test_emulated_warp_backward_matches_reference(library, groups):
 @pytest.mark.parametrize('dstate', [1, 16])
 def test_emulated_state_sizes(library, dstate):
     assert_matches_reference(library, scan_inputs(1, 2, 45, dstate, 2),
-                             (0, 0, 256), ('thread', 0, 0))
+                             (0, 0, 256), ('thread', 0, 256))
 
 
-def test_emulator_sees_a_broken_chunk_join(tmp_path):
-    # The thread-per-chunk forward without the decay of the states carried
-    # across chunks (three chunks: the third carries a decayed state): the
-    # comparison must fail, or it could not fail at all.
-    old = 'h[i] = exp2_acc(steps * A2[i]) * h[i] +'
+# Joins of chunks without the decay of what they carry: the forward's
+# states (the third of three chunks carries a decayed state) and the
+# backward's adjoints (the first of three composes a decayed one). The
+# comparison must fail, or it could not fail at all.
+BROKEN_JOINS = {
+    'forward states': ('h[i] = exp2_acc(steps * A2[i]) * h[i] +',
+                       'h[i] = h[i] +', 768),
+    'backward adjoints': ('r[n] = exp2_acc(steps * A2[n]) * r[n] +',
+                          'r[n] = r[n] +', 256),
+}
+
+
+@pytest.mark.parametrize('join', sorted(BROKEN_JOINS))
+def test_emulator_sees_a_broken_chunk_join(tmp_path, join):
+    old, broken, backward_chunk = BROKEN_JOINS[join]
     library = build_emulated_library('selective_scan_driver.cpp', tmp_path,
-                                     {old: 'h[i] = h[i] +'})
+                                     {old: broken})
     with pytest.raises(AssertionError, match='relative errors over'):
         assert_matches_reference(library, scan_inputs(1, 2, 600, 2),
-                                 (0, 0, 256), ('thread', 0, 0))
+                                 (0, 0, 256), ('thread', 0, backward_chunk))

@@ -18,9 +18,11 @@
 // Backward, three kernels that recompute the states from the saved ones and
 // run the adjoint recurrence backwards:
 // - thread kernel (mamba layout, dstate <= kThreadBwdMaxStates): one thread
-//   per sequence walks its chunks and tiles of positions from the last one
-//   down, recomputing each tile's states from the state at its start (used
-//   where there are very many sequences);
+//   per (sequence, chunk of positions) walks its chunk's tiles from the last
+//   one down, recomputing each tile's states from the state at its start;
+//   chunks of one sequence are joined through the adjoint each carries out
+//   from a zero start (used where there are very many sequences, or long
+//   ones split into enough chunks);
 // - warp kernel: one warp per sequence, a block's warps taking consecutive
 //   channels that share their B/C groups, so that the block sums the
 //   gradients of shared B/C over its channels before one atomic add per
@@ -728,12 +730,12 @@ __global__ void __launch_bounds__(
   }
 }
 
-// Backward, one thread per sequence (mamba layout, dstate <=
-// kThreadBwdMaxStates), for many sequences: a block's threads take
-// consecutive channels of one segment, like the thread forward kernel, so
-// B/C tiles are staged once and read as broadcasts. Each thread walks the
-// chunks of kChunkStateStride positions of its sequence from the last one
-// down. Per chunk, a forward walk from the saved state before the chunk keeps
+// Backward, one thread per (sequence, chunk of backward_chunk_length
+// positions) (mamba layout, dstate <= kThreadBwdMaxStates), for many
+// sequences: a block's threads take consecutive channels of one segment,
+// like the thread forward kernel, so B/C tiles are staged once and read as
+// broadcasts. Each thread walks the stretches of kChunkStateStride
+// positions of its chunk from the last one down. Per chunk, a forward walk from the saved state before the chunk keeps
 // the state at the start of every tile of kThreadBwdTile positions; then the
 // tiles are walked from the last one down: per state, the tile's forward
 // states are recomputed from the kept one and the adjoint is run back over
@@ -742,7 +744,18 @@ __global__ void __launch_bounds__(
 // a transposing butterfly, then added with one atomic per warp, position and
 // state. The kept tile states (kChunkStateStride / kThreadBwdTile * kMaxN
 // per thread) live in local memory: in shared memory they would cost blocks.
+// With several chunks per sequence a local pass (kLocalPass) first runs the
+// adjoint alone over each chunk but the first, from zero at its end, and
+// stores where it ends and the chunk's sum of steps: the adjoint is affine
+// in the one entering a chunk, with the factor exp(A * sum of steps), so
+// the final pass composes those of the chunks after its own into the
+// adjoint entering it.
 constexpr int kThreadBwdTile = 16;
+
+// What a tile of the thread backward kernel stages: u, steps and variable B
+// to recompute states; steps, the gated output gradient and variable C to
+// run the adjoint alone; everything for the gradients (writing dz).
+enum class ThreadBwdStage { kStates, kAdjoint, kGradients };
 
 template <typename acc_t, int kMaxN>
 struct ThreadBwdLayout {
@@ -806,7 +819,7 @@ constexpr int thread_bwd_min_blocks() {
   return sizeof(typename AccumType<T>::type) == 4 ? 6 : 3;
 }
 
-template <typename T, int kMaxN>
+template <typename T, int kMaxN, bool kLocalPass>
 __global__ void __launch_bounds__(kThreadScanChannels,
                                   thread_bwd_min_blocks<T>())
     selective_scan_bwd_thread_kernel(SelectiveScanParams p) {
@@ -832,7 +845,8 @@ __global__ void __launch_bounds__(kThreadScanChannels,
   acc_t *dA_column = adjoint_column + Layout::kColumnElements;
 
   // This block: channels [first_channel, first_channel + num_channels) of
-  // one segment, batch element blockIdx.y (num_dirs is 1).
+  // one segment, batch element blockIdx.y (num_dirs is 1), chunk
+  // blockIdx.z (the local pass has no block for the first chunk).
   const int dim = p.dim;
   const int length = p.length;
   const int dstate = p.dstate;
@@ -843,6 +857,9 @@ __global__ void __launch_bounds__(kThreadScanChannels,
       (blockIdx.x / tiles_per_segment) * segment + in_segment;
   const int num_channels = min(kChannels, segment - in_segment);
   const int batch_index = blockIdx.y;
+  const int chunk = blockIdx.z + (kLocalPass ? 1 : 0);
+  const int t_begin = chunk * p.backward_chunk_length;
+  const int t_end = min(length, t_begin + p.backward_chunk_length);
   const size_t row_length = length;
   // Rows of this block's first channel; channel c of the block is c rows on.
   const size_t row0 = size_t(batch_index) * dim + first_channel;
@@ -901,11 +918,13 @@ __global__ void __launch_bounds__(kThreadScanChannels,
   const T *y_pregate =
       p.z ? static_cast<const T *>(p.y_pregate) + row0 * row_length : nullptr;
   T *dz = p.z ? static_cast<T *>(p.dz) + row0 * row_length : nullptr;
-  // Stages the tile of positions [t0, t0 + tile_length): u, steps and
-  // variable B, and with `full` also the gated output gradient (writing dz),
-  // the softplus derivative and variable C. Positions past the tile get
-  // zeros, which make them identity steps.
-  auto stage = [&](int t0, int tile_length, bool full) {
+  // Stages the tile of positions [t0, t0 + tile_length): steps, and what
+  // `what` names (for kGradients also the softplus derivative). Positions
+  // past the tile get zeros, which make them identity steps.
+  auto stage = [&](int t0, int tile_length, ThreadBwdStage what) {
+    const bool full = what != ThreadBwdStage::kStates;
+    const bool with_u = what != ThreadBwdStage::kAdjoint;
+    const bool gradients = what == ThreadBwdStage::kGradients;
     const bool valid_position = lane_position < tile_length;
     const int pos = valid_position ? position_of(t0 + lane_position) : 0;
     const bool gated = full && p.z;
@@ -922,11 +941,11 @@ __global__ void __launch_bounds__(kThreadScanChannels,
       for (int j = 0; j < kGroup; ++j) {
         const int c = first_row + (k0 + j) * kRowStep;
         const size_t at = size_t(c < num_channels ? c : 0) * row_length + pos;
-        raw_u[j] = u[at];
+        raw_u[j] = with_u ? u[at] : T(0);
         raw_delta[j] = delta[at];
         raw_dout[j] = full ? dout[at] : T(0);
         raw_z[j] = gated ? z[at] : T(0);
-        raw_y[j] = gated ? y_pregate[at] : T(0);
+        raw_y[j] = gated && gradients ? y_pregate[at] : T(0);
       }
 #pragma unroll
       for (int j = 0; j < kGroup; ++j) {
@@ -945,33 +964,35 @@ __global__ void __launch_bounds__(kThreadScanChannels,
             dy = to_acc<acc_t>(raw_dout[j]);
             if (gated) {
               const acc_t z_val = to_acc<acc_t>(raw_z[j]);
-              const acc_t y_pre = to_acc<acc_t>(raw_y[j]);
               const acc_t sig = acc_t(1) / (acc_t(1) + exp_acc(-z_val));
-              dz[at] = from_acc<T>(dy * y_pre * sig *
-                                   (acc_t(1) + z_val * (acc_t(1) - sig)));
+              if (gradients) {
+                const acc_t y_pre = to_acc<acc_t>(raw_y[j]);
+                dz[at] = from_acc<T>(dy * y_pre * sig *
+                                     (acc_t(1) + z_val * (acc_t(1) - sig)));
+              }
               dy *= z_val * sig;
             }
-            dsoftplus = p.delta_softplus && raw <= acc_t(20)
-                            ? acc_t(1) / (acc_t(1) + exp_acc(-raw))
-                            : acc_t(1);
+            if (gradients)
+              dsoftplus = p.delta_softplus && raw <= acc_t(20)
+                              ? acc_t(1) / (acc_t(1) + exp_acc(-raw))
+                              : acc_t(1);
           }
         }
-        u_tile[c * kSeqStride + lane_position] = u_val;
+        if (with_u) u_tile[c * kSeqStride + lane_position] = u_val;
         dt_tile[c * kSeqStride + lane_position] = dt;
-        if (full) {
-          dy_tile[c * kSeqStride + lane_position] = dy;
+        if (full) dy_tile[c * kSeqStride + lane_position] = dy;
+        if (gradients)
           dsoftplus_tile[c * kSeqStride + lane_position] = dsoftplus;
-        }
       }
     }
-    if (p.var_B || (full && p.var_C)) {
+    if ((with_u && p.var_B) || (full && p.var_C)) {
 #pragma unroll
       for (int k = 0; k < (kMaxN + kRowStep - 1) / kRowStep; ++k) {
         const int n = first_row + k * kRowStep;
         if (kMaxN % kRowStep != 0 && n >= kMaxN) break;
         const bool valid = valid_position && n < dstate;
         const size_t at = size_t(n) * row_length + pos;
-        if (p.var_B)
+        if (with_u && p.var_B)
           B_tile[lane_position * kRowStride + n] =
               valid ? to_acc<acc_t>(B_var[at]) : acc_t(0);
         if (full && p.var_C)
@@ -985,33 +1006,100 @@ __global__ void __launch_bounds__(kThreadScanChannels,
   acc_t *dt_row = dt_tile + tid * kSeqStride;
   const acc_t *dy_row = dy_tile + tid * kSeqStride;
   const acc_t *dsoftplus_row = dsoftplus_tile + tid * kSeqStride;
-  // The state at the start of every tile of the current chunk.
+  // Per sequence, chunk k >= 1 keeps its join at k - 1.
+  const size_t join_row = state_row * (p.num_backward_chunks - 1);
+  // A in base 2, loaded where it is used (kept across the gradient loop it
+  // would hold registers there).
+  auto load_A2 = [&](acc_t(&A2)[kMaxN]) {
+#pragma unroll
+    for (int n = 0; n < kMaxN; ++n)
+      A2[n] = n < dstate ? A[n] * kLog2e : acc_t(0);
+  };
+
+  if constexpr (kLocalPass) {
+    // The adjoint alone, from zero at the chunk's end, all states in
+    // registers: r_t = a_t (C_t dy_t + r_{t+1}).
+    acc_t A2[kMaxN], r[kMaxN];
+    load_A2(A2);
+#pragma unroll
+    for (int n = 0; n < kMaxN; ++n) r[n] = acc_t(0);
+    acc_t step_sum = acc_t(0);
+    const int num_tiles = (t_end - t_begin + kTile - 1) / kTile;
+    for (int tile = num_tiles - 1; tile >= 0; --tile) {
+      const int t0 = t_begin + tile * kTile;
+      __syncthreads();  // the previous tile has been read
+      stage(t0, min(kTile, t_end - t0), ThreadBwdStage::kAdjoint);
+      __syncthreads();
+      for (int j = kTile - 1; j >= 0; --j) {
+        const acc_t dt = dt_row[j];
+        const acc_t dy = dy_row[j];
+        const acc_t *C_row = C_tile + (p.var_C ? j : tid) * kRowStride;
+        step_sum += dt;
+#pragma unroll
+        for (int n = 0; n < kMaxN; ++n)
+          r[n] = exp2_acc(dt * A2[n]) * (C_row[n] * dy + r[n]);
+      }
+    }
+    if (!active) return;
+    acc_t *adjoints = static_cast<acc_t *>(p.chunk_adjoints) +
+                      (join_row + chunk - 1) * dstate;
+#pragma unroll
+    for (int n = 0; n < kMaxN; ++n)
+      if (n < dstate) adjoints[n] = r[n];
+    static_cast<acc_t *>(p.chunk_step_sums)[join_row + chunk - 1] = step_sum;
+    return;
+  }
+
+  if (active && chunk + 1 < p.num_backward_chunks) {
+    // The adjoint entering this chunk: the chunks after it, composed from
+    // the last one.
+    acc_t A2[kMaxN], r[kMaxN];
+    load_A2(A2);
+#pragma unroll
+    for (int n = 0; n < kMaxN; ++n) r[n] = acc_t(0);
+    const acc_t *adjoints = static_cast<const acc_t *>(p.chunk_adjoints);
+    const acc_t *step_sums = static_cast<const acc_t *>(p.chunk_step_sums);
+    for (int k = p.num_backward_chunks - 1; k > chunk; --k) {
+      const acc_t steps = step_sums[join_row + k - 1];
+      const acc_t *adjoint = adjoints + (join_row + k - 1) * dstate;
+#pragma unroll
+      for (int n = 0; n < kMaxN; ++n)
+        if (n < dstate) r[n] = exp2_acc(steps * A2[n]) * r[n] + adjoint[n];
+    }
+    // The thread's own column entries, which it zeroed above.
+#pragma unroll
+    for (int n = 0; n < kMaxN; ++n) adjoint_column[n * kChannels + tid] = r[n];
+  }
+
+  // The state at the start of every tile of the current stretch.
   acc_t tile_starts[kTilesPerChunk][kMaxN];
-  // A thread sums a whole sequence: in double, as float sums over
-  // thousands of positions that cancel lose digits.
+  // A thread sums a whole chunk: in double, as float sums over thousands of
+  // positions that cancel lose digits.
   double dD_part = 0.0, dbias_part = 0.0;
 
-  for (int chunk = p.num_chunks - 1; chunk >= 0; --chunk) {
-    const int chunk_begin = chunk * kChunkStateStride;
-    const int chunk_end = min(length, chunk_begin + kChunkStateStride);
-    const int num_tiles = (chunk_end - chunk_begin + kTile - 1) / kTile;
+  // Stretches of kChunkStateStride positions, each after a saved state.
+  const int first_stretch = t_begin / kChunkStateStride;
+  const int last_stretch = (t_end - 1) / kChunkStateStride;
+  for (int stretch = last_stretch; stretch >= first_stretch; --stretch) {
+    const int stretch_begin = stretch * kChunkStateStride;
+    const int stretch_end = min(length, stretch_begin + kChunkStateStride);
+    const int num_tiles = (stretch_end - stretch_begin + kTile - 1) / kTile;
     {
       acc_t A2[kMaxN], h[kMaxN];
+      load_A2(A2);
 #pragma unroll
-      for (int n = 0; n < kMaxN; ++n) {
-        A2[n] = n < dstate ? A[n] * kLog2e : acc_t(0);
-        h[n] = chunk > 0 && n < dstate
-                   ? chunk_states[size_t(chunk - 1) * dstate + n]
+      for (int n = 0; n < kMaxN; ++n)
+        h[n] = stretch > 0 && n < dstate
+                   ? chunk_states[size_t(stretch - 1) * dstate + n]
                    : acc_t(0);
-      }
       for (int tile = 0; tile < num_tiles; ++tile) {
 #pragma unroll
         for (int n = 0; n < kMaxN; ++n) tile_starts[tile][n] = h[n];
         // The last tile's end state is not needed; the tiles before it are
-        // full (chunks start on tile boundaries).
+        // full (stretches start on tile boundaries).
         if (tile == num_tiles - 1) break;
         __syncthreads();  // the previous tile has been read
-        stage(chunk_begin + tile * kTile, kTile, false);
+        stage(stretch_begin + tile * kTile, kTile, ThreadBwdStage::kStates);
         __syncthreads();
         for (int j = 0; j < kTile; ++j) {
           const acc_t dt = dt_row[j];
@@ -1025,10 +1113,10 @@ __global__ void __launch_bounds__(kThreadScanChannels,
     }
 
     for (int tile = num_tiles - 1; tile >= 0; --tile) {
-      const int t0 = chunk_begin + tile * kTile;
-      const int tile_length = min(kTile, chunk_end - t0);
+      const int t0 = stretch_begin + tile * kTile;
+      const int tile_length = min(kTile, stretch_end - t0);
       __syncthreads();  // the previous tile's outputs have been read out
-      stage(t0, tile_length, true);
+      stage(t0, tile_length, ThreadBwdStage::kGradients);
       __syncthreads();
       acc_t ddt[kTile], du[kTile];
 #pragma unroll

@@ -106,18 +106,29 @@ void launch_thread_backward_states(const SelectiveScanParams &params) {
   const int segment = params.channels_per_segment;
   const int tiles_per_segment =
       (segment + kThreadScanChannels - 1) / kThreadScanChannels;
-  const dim3 grid((params.dim / segment) * tiles_per_segment, params.batch);
+  const size_t shared_bytes =
+      ThreadBwdLayout<acc_t, kMaxN>::kElements * sizeof(acc_t);
+  dim3 grid((params.dim / segment) * tiles_per_segment, params.batch,
+            params.num_backward_chunks);
+  if (params.num_backward_chunks > 1) {
+    // The first chunk's adjoint is never composed: no local pass for it.
+    grid.z = params.num_backward_chunks - 1;
+    launch_with_shared_memory(
+        selective_scan_bwd_thread_kernel<T, kMaxN, true>, grid,
+        kThreadScanChannels, shared_bytes, params);
+    grid.z = params.num_backward_chunks;
+  }
   launch_with_shared_memory(
-      selective_scan_bwd_thread_kernel<T, kMaxN>, grid, kThreadScanChannels,
-      ThreadBwdLayout<acc_t, kMaxN>::kElements * sizeof(acc_t), params);
+      selective_scan_bwd_thread_kernel<T, kMaxN, false>, grid,
+      kThreadScanChannels, shared_bytes, params);
 }
 
-// The thread-per-sequence backward (mamba layout only) for the smallest
+// The thread-per-chunk backward (mamba layout only) for the smallest
 // compiled number of register states that holds dstate.
 template <typename T>
 void launch_thread_backward(const SelectiveScanParams &params) {
   static_assert(kThreadBwdMaxStates == 16, "compiled state counts below");
-  TORCH_CHECK(params.num_dirs == 1, "selective scan: the thread-per-sequence "
+  TORCH_CHECK(params.num_dirs == 1, "selective scan: the thread-per-chunk "
               "backward kernel needs num_dirs 1, got ", params.num_dirs);
   const int dstate = params.dstate;
   if (dstate <= 1) {
@@ -131,7 +142,7 @@ void launch_thread_backward(const SelectiveScanParams &params) {
   } else if (dstate <= 16) {
     launch_thread_backward_states<T, 16>(params);
   } else {
-    TORCH_CHECK(false, "selective scan: the thread-per-sequence backward "
+    TORCH_CHECK(false, "selective scan: the thread-per-chunk backward "
                 "kernel holds at most ", kThreadBwdMaxStates,
                 " states, got dstate ", dstate);
   }
@@ -159,7 +170,7 @@ void launch_scan(const SelectiveScanParams &params, ScanLayout layout,
               " threads x ", num_items, " items per thread");
   if (layout == ScanLayout::kThreadPerChunk && backward) {
     if constexpr (kCross) {
-      TORCH_CHECK(false, "selective scan: the thread-per-sequence backward "
+      TORCH_CHECK(false, "selective scan: the thread-per-chunk backward "
                   "kernel needs num_dirs 1, got ", params.num_dirs);
     } else {
       launch_thread_backward<T>(params);

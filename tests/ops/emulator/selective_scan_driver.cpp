@@ -16,8 +16,8 @@ namespace {
 // The shape, options and launch choices of a call. groups_B (groups_C) is
 // 0 for a constant (dim, dstate) matrix. chunk_length 0 runs the block
 // forward kernel with num_threads x num_items, else the thread-per-chunk
-// one; backward_kernel 0, 1, 2: thread, warp, block (num_threads x
-// num_items).
+// one; backward_kernel 0, 1, 2: thread (chunks of num_items positions),
+// warp, block (num_threads x num_items).
 struct ScanCall {
   int batch, dim, num_dirs, length, dstate, height, width;
   int groups_B, groups_C, delta_softplus, reverse;
@@ -74,6 +74,21 @@ void run(bool backward, const ScanCall &call, void *const *tensors) {
     const ScanLayout layouts[] = {ScanLayout::kThreadPerChunk,
                                   ScanLayout::kWarpPerSequence,
                                   ScanLayout::kBlockPerSequence};
+    // The thread kernel's joins between chunks: scratch it must write
+    // before it reads, filled with NaN.
+    std::vector<T> adjoints, step_sums;
+    if (call.backward_kernel == 0) {
+      p.backward_chunk_length = call.num_items;
+      p.num_backward_chunks =
+          (call.length + call.num_items - 1) / call.num_items;
+      const size_t joins = static_cast<size_t>(call.batch) * call.dim *
+                           (p.num_backward_chunks - 1);
+      const T nan = std::numeric_limits<T>::quiet_NaN();
+      adjoints.assign(joins * call.dstate, nan);
+      step_sums.assign(joins, nan);
+      p.chunk_adjoints = adjoints.data();
+      p.chunk_step_sums = step_sums.data();
+    }
     mmssm::selective_scan_launch<T>(p, layouts[call.backward_kernel],
                                     call.num_threads, call.num_items, true);
     return;
