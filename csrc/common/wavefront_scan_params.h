@@ -70,8 +70,10 @@ struct WavefrontScanParams {
   void *ddelta_bias_l = nullptr;
 };
 
-// Largest tile width (warps per block) the kernels are compiled for.
+// Largest tile width (warps per block) the kernels are compiled for, and
+// the width up to which the forward kernel runs four blocks per SM.
 constexpr int kWavefrontMaxTileWidth = 32;
+constexpr int kWavefrontNarrowTileWidth = 16;
 
 // Launches the forward (or backward) kernel for element type T on the
 // current CUDA stream; instantiated per type in

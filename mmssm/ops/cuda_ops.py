@@ -705,7 +705,9 @@ _cross_forward.register_autograd(
 # Mamba2D's wavefront scan. A block owns a group of (channel, state) lanes of
 # one batch element and one warp per column of a tile; narrow tiles where
 # there are enough blocks to fill the GPU (their backward scratch is
-# smaller), wide ones (more columns in flight) where there are few.
+# smaller; their forward kernel runs four blocks per SM up to
+# kWavefrontNarrowTileWidth columns in csrc/common/wavefront_scan_params.h),
+# wide ones (more columns in flight) where there are few.
 _WAVEFRONT_NARROW_TILE = 16
 _WAVEFRONT_WIDE_TILE = 32
 _WAVEFRONT_MIN_BLOCKS_FOR_NARROW_TILES = 512

@@ -69,6 +69,10 @@ def wavefront_errors(library, inputs: Dict[str, Optional[Tensor]],
     (9, 1, 'tl', 32),  # one column
     (6, 13, 'tl', 4),  # four tiles, the last one partial
     (5, 9, 'br', 4),
+    # Wide tiles (over kWavefrontNarrowTileWidth), whose forward kernel
+    # loads each step's inputs at the step before: three tiles.
+    (7, 53, 'tl', 24),
+    (4, 41, 'br', 20),
 ])
 def test_emulated_wavefront_matches_reference(library, dtype, height, width,
                                               origin, tile_width):

@@ -735,12 +735,12 @@ __global__ void __launch_bounds__(
 // sequences: a block's threads take consecutive channels of one segment,
 // like the thread forward kernel, so B/C tiles are staged once and read as
 // broadcasts. Each thread walks the stretches of kChunkStateStride
-// positions of its chunk from the last one down. Per chunk, a forward walk from the saved state before the chunk keeps
-// the state at the start of every tile of kThreadBwdTile positions; then the
-// tiles are walked from the last one down: per state, the tile's forward
-// states are recomputed from the kept one and the adjoint is run back over
-// them, summing the gradients of each position over the states in
-// registers. Gradients of variable B/C are summed over a warp's channels by
+// positions of its chunk from the last one down. Per stretch, a forward walk
+// from the saved state before it keeps the state at the start of every tile
+// of kThreadBwdTile positions; then the tiles are walked from the last one
+// down: per state, the tile's forward states are recomputed from the kept
+// one and the adjoint is run back over them, summing the gradients of each
+// position over the states in registers. Gradients of variable B/C are summed over a warp's channels by
 // a transposing butterfly, then added with one atomic per warp, position and
 // state. The kept tile states (kChunkStateStride / kThreadBwdTile * kMaxN
 // per thread) live in local memory: in shared memory they would cost blocks.

@@ -18,6 +18,13 @@
 // of a tile handing its states to the next tile through global memory (the
 // forward pass keeps them for the backward pass).
 //
+// A warp's pixel at the next step is known in advance (the next row of its
+// column), so each step can issue the loads of the next one before it
+// computes: their latency then overlaps the step's work and its barrier
+// instead of stalling the whole block once per step. The backward pass and
+// the forward pass of few blocks do; the forward pass of many blocks (narrow
+// tiles) hides the latency with other blocks and keeps its registers.
+//
 // Backward, one launch: the tiles run right to left; each tile's states are
 // recomputed from its saved left boundary into a tile-sized scratch, then the
 // adjoint recurrence runs along the reversed anti-diagonals:
@@ -85,6 +92,40 @@ struct WavefrontLane {
   }
 };
 
+// (batch, row, column) index of the logical pixel (i, j).
+template <typename acc_t>
+__device__ __forceinline__ long long wavefront_pixel(
+    const WavefrontScanParams &p, const WavefrontLane<acc_t> &lane, int i,
+    int j) {
+  const int row = p.origin_br ? p.height - 1 - i : i;
+  const int col = p.origin_br ? p.width - 1 - j : j;
+  return (static_cast<long long>(lane.batch) * p.height + row) * p.width + col;
+}
+
+// One lane's raw inputs at one pixel (with kGradient also the output
+// gradient), as loaded: issued a step before they are used.
+template <typename T, bool kGradient>
+struct WavefrontLoads {
+  T x, delta_t, delta_l, b_t, b_l, c, dout;
+
+  template <typename acc_t>
+  __device__ __forceinline__ void fetch(const WavefrontScanParams &p,
+                                        const WavefrontLane<acc_t> &lane,
+                                        int i, int j) {
+    if (!lane.valid) return;
+    const long long pixel = wavefront_pixel(p, lane, i, j);
+    const long long feature = pixel * p.channels + lane.channel;
+    const long long state = pixel * p.dstate + lane.state;
+    x = static_cast<const T *>(p.x)[feature];
+    delta_t = static_cast<const T *>(p.delta_t)[feature];
+    delta_l = static_cast<const T *>(p.delta_l)[feature];
+    b_t = static_cast<const T *>(p.B_t)[state];
+    b_l = static_cast<const T *>(p.B_l)[state];
+    c = static_cast<const T *>(p.C)[state];
+    if (kGradient) dout = static_cast<const T *>(p.dout)[feature];
+  }
+};
+
 // Inputs of one pixel for one lane, and its gates.
 template <typename acc_t>
 struct WavefrontPixel {
@@ -93,30 +134,24 @@ struct WavefrontPixel {
   acc_t scale;  // 1/2 inside the map, 1 on its first row and column
   acc_t x, dt, dl, pre_t, pre_l, b_t, b_l, c, a_t, a_l;
 
-  template <typename T>
-  __device__ __forceinline__ void load(const WavefrontScanParams &p,
-                                       const WavefrontLane<acc_t> &lane,
-                                       int i, int j) {
-    const int row = p.origin_br ? p.height - 1 - i : i;
-    const int col = p.origin_br ? p.width - 1 - j : j;
-    pixel = (static_cast<long long>(lane.batch) * p.height + row) * p.width +
-            col;
+  // From the loads of pixel (i, j) (ignored on lanes without a pair).
+  template <typename T, bool kGradient>
+  __device__ __forceinline__ void prepare(
+      const WavefrontScanParams &p, const WavefrontLane<acc_t> &lane,
+      const WavefrontLoads<T, kGradient> &loads, int i, int j) {
+    pixel = wavefront_pixel(p, lane, i, j);
     has_top = i > 0;
     has_left = j > 0;
     use_left = has_left || !has_top;
     scale = has_top && has_left ? acc_t(0.5) : acc_t(1);
-    x = dt = dl = pre_t = pre_l = b_t = b_l = c = acc_t(0);
+    x = pre_t = pre_l = b_t = b_l = c = acc_t(0);
     if (lane.valid) {
-      const long long feature = pixel * p.channels + lane.channel;
-      const long long state = pixel * p.dstate + lane.state;
-      x = to_acc<acc_t>(static_cast<const T *>(p.x)[feature]);
-      pre_t = to_acc<acc_t>(static_cast<const T *>(p.delta_t)[feature]) +
-              lane.bias_t;
-      pre_l = to_acc<acc_t>(static_cast<const T *>(p.delta_l)[feature]) +
-              lane.bias_l;
-      b_t = to_acc<acc_t>(static_cast<const T *>(p.B_t)[state]);
-      b_l = to_acc<acc_t>(static_cast<const T *>(p.B_l)[state]);
-      c = to_acc<acc_t>(static_cast<const T *>(p.C)[state]);
+      x = to_acc<acc_t>(loads.x);
+      pre_t = to_acc<acc_t>(loads.delta_t) + lane.bias_t;
+      pre_l = to_acc<acc_t>(loads.delta_l) + lane.bias_l;
+      b_t = to_acc<acc_t>(loads.b_t);
+      b_l = to_acc<acc_t>(loads.b_l);
+      c = to_acc<acc_t>(loads.c);
     }
     dt = p.delta_softplus ? softplus(pre_t) : pre_t;
     dl = p.delta_softplus ? softplus(pre_l) : pre_l;
@@ -144,8 +179,9 @@ __device__ __forceinline__ size_t boundary_index(const WavefrontScanParams &p,
 
 // Sweeps the anti-diagonals of one tile forwards. kWriteOutput: write y (and
 // the tile's last column to the boundary); else store every state of the
-// tile in the scratch (the backward pass's recomputation).
-template <typename T, typename acc_t, bool kWriteOutput>
+// tile in the scratch (the backward pass's recomputation). kPrefetch: load
+// each step's inputs at the step before.
+template <typename T, typename acc_t, bool kWriteOutput, bool kPrefetch>
 __device__ void wavefront_forward_tile(const WavefrontScanParams &p,
                                        const WavefrontLane<acc_t> &lane,
                                        int tile,
@@ -157,20 +193,32 @@ __device__ void wavefront_forward_tile(const WavefrontScanParams &p,
   const int j = first_column + column;
   acc_t top = acc_t(0);
   const int steps = p.height + columns - 1;
+  // This warp's rows are i = step - column; with kPrefetch row i is fetched
+  // at the step before (row 0 of column 0 before the first).
+  WavefrontLoads<T, false> next;
+  acc_t next_left = acc_t(0);
+  auto fetch = [&](int i) {
+    if (column >= columns || i < 0 || i >= p.height) return;
+    next.fetch(p, lane, i, j);
+    if (column == 0 && tile > 0)
+      next_left = static_cast<const acc_t *>(
+          p.boundary)[boundary_index(p, lane, tile - 1, i)];
+  };
+  if (kPrefetch) fetch(-column);
   for (int step = 0; step < steps; ++step) {
     const int i = step - column;
+    if (!kPrefetch) fetch(i);
+    const WavefrontLoads<T, false> loads = next;
+    const acc_t boundary_left = next_left;
+    if (kPrefetch) fetch(i + 1);
     // Uniform over the warp, so the shuffles below see all 32 lanes.
     const bool active = column < columns && i >= 0 && i < p.height;
     if (active) {
-      acc_t left = acc_t(0);
-      if (column > 0) {
-        left = exchange[(step - 1) & 1][column - 1][lane.lane];
-      } else if (tile > 0) {
-        left = static_cast<const acc_t *>(
-            p.boundary)[boundary_index(p, lane, tile - 1, i)];
-      }
+      const acc_t left = column > 0
+                             ? exchange[(step - 1) & 1][column - 1][lane.lane]
+                             : boundary_left;
       WavefrontPixel<acc_t> px;
-      px.template load<T>(p, lane, i, j);
+      px.prepare(p, lane, loads, i, j);
       const acc_t h = px.state(left, top);
       top = h;
       exchange[step & 1][column][lane.lane] = h;
@@ -197,14 +245,20 @@ __device__ void wavefront_forward_tile(const WavefrontScanParams &p,
   }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kWavefrontMaxTileWidth * 32)
-    wavefront_fwd_kernel(WavefrontScanParams p) {
+// Narrow tiles (many blocks) load each step's inputs when it comes and run
+// four blocks per SM (with loads in flight they took 42 registers, ran three
+// blocks per SM and were 11% slower at Mamba2D-T stage 1 224², batch 64);
+// wide tiles (few blocks, one per SM) prefetch.
+template <typename T, bool kNarrowTiles>
+__global__ void __launch_bounds__(
+    (kNarrowTiles ? kWavefrontNarrowTileWidth : kWavefrontMaxTileWidth) * 32,
+    kNarrowTiles ? 4 : 1) wavefront_fwd_kernel(WavefrontScanParams p) {
   using acc_t = typename AccumType<T>::type;
   __shared__ acc_t exchange[2][kWavefrontMaxTileWidth][32];
   const WavefrontLane<acc_t> lane(p);
   for (int tile = 0; tile < p.num_tiles; ++tile)
-    wavefront_forward_tile<T, acc_t, true>(p, lane, tile, exchange);
+    wavefront_forward_tile<T, acc_t, true, !kNarrowTiles>(p, lane, tile,
+                                                          exchange);
 }
 
 template <typename T>
@@ -222,7 +276,7 @@ __global__ void __launch_bounds__(kWavefrontMaxTileWidth * 32)
   acc_t dbias_t = acc_t(0), dbias_l = acc_t(0);
 
   for (int tile = p.num_tiles - 1; tile >= 0; --tile) {
-    wavefront_forward_tile<T, acc_t, false>(p, lane, tile, exchange);
+    wavefront_forward_tile<T, acc_t, false, true>(p, lane, tile, exchange);
     const int first_column = tile * p.tile_width;
     const int columns = min(p.tile_width, p.width - first_column);
     const int j = first_column + column;
@@ -234,32 +288,45 @@ __global__ void __launch_bounds__(kWavefrontMaxTileWidth * 32)
     };
     acc_t from_below = acc_t(0);  // s a_t g of the pixel below
     const int steps = p.height + columns - 1;
+    // This warp's rows are i = height - 1 - (step - lag), from the bottom;
+    // row i's inputs, saved states and (rightmost column) adjoint from the
+    // tile on the right are fetched at the step before.
+    WavefrontLoads<T, true> next;
+    acc_t next_h = acc_t(0), next_left = acc_t(0), next_top = acc_t(0);
+    acc_t next_right = acc_t(0);
+    auto fetch = [&](int i) {
+      if (column >= columns || i < 0 || i >= p.height) return;
+      next.fetch(p, lane, i, j);
+      next_h = saved_state(i, column);
+      if (column > 0) {
+        next_left = saved_state(i, column - 1);
+      } else if (tile > 0) {
+        next_left = static_cast<const acc_t *>(
+            p.boundary)[boundary_index(p, lane, tile - 1, i)];
+      }
+      next_top = i > 0 ? saved_state(i - 1, column) : acc_t(0);
+      if (column + 1 == columns && j + 1 < p.width)
+        next_right = right_adjoint[(block_base * p.height + i) * 32 +
+                                   lane.lane];
+    };
+    fetch(p.height - 1 + lag);
     for (int step = 0; step < steps; ++step) {
       const int i = p.height - 1 - (step - lag);
+      const WavefrontLoads<T, true> loads = next;
+      const acc_t h = next_h, left = next_left, top = next_top;
+      const acc_t right_tile_adjoint = next_right;
+      fetch(i - 1);
       const bool active = column < columns && i >= 0 && i < p.height;
       if (active) {
         acc_t from_right = acc_t(0);
         if (j + 1 < p.width) {
           from_right = column + 1 < columns
                            ? exchange[(step - 1) & 1][column + 1][lane.lane]
-                           : right_adjoint[(block_base * p.height + i) * 32 +
-                                           lane.lane];
+                           : right_tile_adjoint;
         }
         WavefrontPixel<acc_t> px;
-        px.template load<T>(p, lane, i, j);
-        const acc_t dy =
-            lane.valid ? to_acc<acc_t>(static_cast<const T *>(
-                             p.dout)[px.pixel * p.channels + lane.channel])
-                       : acc_t(0);
-        const acc_t h = saved_state(i, column);
-        acc_t left = acc_t(0);
-        if (column > 0) {
-          left = saved_state(i, column - 1);
-        } else if (tile > 0) {
-          left = static_cast<const acc_t *>(
-              p.boundary)[boundary_index(p, lane, tile - 1, i)];
-        }
-        const acc_t top = i > 0 ? saved_state(i - 1, column) : acc_t(0);
+        px.prepare(p, lane, loads, i, j);
+        const acc_t dy = lane.valid ? to_acc<acc_t>(loads.dout) : acc_t(0);
 
         const acc_t g = px.c * dy + from_right + from_below;
         const acc_t scaled = px.scale * g;
@@ -337,8 +404,10 @@ void wavefront_scan_launch(const WavefrontScanParams &params, bool backward) {
   const auto stream = at::cuda::getCurrentCUDAStream();
   if (backward) {
     wavefront_bwd_kernel<T><<<grid, block, 0, stream>>>(params);
+  } else if (params.tile_width <= kWavefrontNarrowTileWidth) {
+    wavefront_fwd_kernel<T, true><<<grid, block, 0, stream>>>(params);
   } else {
-    wavefront_fwd_kernel<T><<<grid, block, 0, stream>>>(params);
+    wavefront_fwd_kernel<T, false><<<grid, block, 0, stream>>>(params);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
