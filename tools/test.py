@@ -100,6 +100,7 @@ def main() -> None:
         # numpy scalars print as plain numbers in JSON.
         print(f'Metrics: {json.dumps(metrics, default=float)}')
         print(f'Logs: {runner.log_dir}')
+    del runner  # its model holds the process group (finish_distributed)
     finish_distributed()
 
 

@@ -117,6 +117,7 @@ def main() -> None:
     if is_main_process():
         print(f'Logs: {runner.log_dir}')
         print(f'Last checkpoint: {last_checkpoint(runner.work_dir)}')
+    del runner  # its model holds the process group (finish_distributed)
     finish_distributed()
 
 

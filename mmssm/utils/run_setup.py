@@ -6,6 +6,7 @@ at once with one message naming what was expected, instead of after
 minutes of model building (or, for a dataset, at the first evaluation).
 """
 import argparse
+import gc
 import importlib
 import os
 import os.path as osp
@@ -225,12 +226,16 @@ def finish_distributed() -> None:
     """Tear down the process group of a distributed run, if there is one.
 
     Neither mmengine nor torch does it at exit, and a gloo group left to the
-    interpreter's shutdown once aborted a rank of a two-process evaluation
-    after it had printed its metrics ("terminate called without an active
-    exception"). The barrier keeps a rank from tearing the group down while
-    another still uses it.
+    interpreter's shutdown aborts ranks after their work is done ("terminate
+    called without an active exception": gloo's threads release tensors
+    while the interpreter is being torn down). Call it after dropping the
+    runner: a DistributedDataParallel model holds the group, so while it
+    lives the group outlives ``destroy_process_group``; the collection here
+    frees the runner's reference cycles first. The barrier keeps a rank from
+    tearing the group down while another still uses it.
     """
     if torch_dist.is_available() and torch_dist.is_initialized():
+        gc.collect()
         torch_dist.barrier()
         torch_dist.destroy_process_group()
 

@@ -8,7 +8,9 @@ marked ``slow`` (CI runs them too).
 """
 import json
 import sys
+import warnings
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -102,25 +104,47 @@ def test_segmentation_train_and_tta_test(tmp_path: Path,
     assert 0.0 <= printed_metrics(output)['mIoU'] <= 100.0
 
 
+# What a rank prints when a thread of torch's gloo backend is torn down with
+# the interpreter (pytorch/pytorch#179291): tools/train.py and tools/test.py
+# destroy the group before, but one CI run on 2 busy cores still saw it once.
+GLOO_TEARDOWN_ABORT = 'terminate called without an active exception'
+
+
+def run_distributed(args: list[str]) -> str:
+    """Output of a two-process gloo run; run again, with a warning, only if
+    the first one aborted in gloo's teardown."""
+    def run(expect_ok: Optional[bool]):
+        env = dict(PYTHON=sys.executable, PORT=str(free_port()))
+        return run_tool(args, env=env, expect_ok=expect_ok)
+
+    result = run(None)
+    if result.returncode != 0:
+        assert GLOO_TEARDOWN_ABORT in result.stdout, (
+            f'{" ".join(args)} exited with {result.returncode}:\n'
+            f'{result.stdout[-6000:]}')
+        warnings.warn(f'{args[1]}: a rank aborted in gloo\'s teardown; '
+                      'running it again')
+        result = run(True)
+    return result.stdout
+
+
 def test_distributed_two_processes_on_gloo(tmp_path: Path,
                                            ade_root: Path) -> None:
     config = make_config(tmp_path, 'seg', SEG_FAMILY, ade_root)
     work_dir = tmp_path / 'dist'
-    output = run_tool(
+    output = run_distributed(
         ['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir',
-         str(work_dir), '--cfg-options', 'env_cfg.dist_cfg.backend=gloo'],
-        env=dict(PYTHON=sys.executable, PORT=str(free_port()))).stdout
+         str(work_dir), '--cfg-options', 'env_cfg.dist_cfg.backend=gloo'])
     assert 'Distributed training: True' in output
     assert 'GPU number: 2' in output  # mmengine's name for the world size
     assert 'mIoU' in output
     assert (work_dir / 'iter_4.pth').is_file()
     # The same checkpoint evaluated by two processes.
-    output = run_tool(
+    output = run_distributed(
         ['bash', 'tools/dist_test.sh', str(config),
          str(work_dir / 'iter_4.pth'), '2', '--work-dir',
          str(tmp_path / 'dist_eval'), '--cfg-options',
-         'env_cfg.dist_cfg.backend=gloo'],
-        env=dict(PYTHON=sys.executable, PORT=str(free_port()))).stdout
+         'env_cfg.dist_cfg.backend=gloo'])
     assert 'Distributed training: True' in output
     assert 0.0 <= printed_metrics(output)['mIoU'] <= 100.0
 
