@@ -2,7 +2,9 @@
 
 For each op at realistic layer shapes it times the forward pass and the
 forward + backward pass with CUDA events (warm-up, then the median of
-repeats), reads the peak memory of forward + backward, and relates the
+repeats; the backward pass returns fresh input gradients, as it does for a
+layer's activations, rather than adding them into ``.grad``), reads the peak
+memory of forward + backward, and relates the
 forward's essential traffic (each input read once, each output written once)
 to the bandwidth of a measured device-to-device copy. Prints a markdown table.
 
@@ -346,8 +348,11 @@ def run_case(case: Case, pytorch_path: bool, repeats: int) -> Dict[str, float]:
                 out = op(**inputs, **case.kwargs)
             if grad_out is None:
                 grad_out = torch.randn_like(out)
-            torch.autograd.backward(out, grad_out,
-                                    inputs=list(inputs.values()))
+            # Fresh gradients: accumulating into the inputs' .grad would add
+            # a pass over every input per repeat that a model's activations
+            # never take.
+            torch.autograd.grad(out, list(inputs.values()), grad_out,
+                                allow_unused=True)
 
         fwd = time_ms(forward, 3, repeats)
         torch.cuda.synchronize()

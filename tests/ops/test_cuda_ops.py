@@ -294,8 +294,9 @@ def test_cross_scan_planes_take_unaligned_tensors(dtype, shape):
     # accesses only where every tensor is 16-byte aligned; the same values 2
     # or 4 bytes past an aligned address take single accesses and give the
     # same outputs and gradients, up to the order of the float32 sums over
-    # pixels (D's gradient, a sum of dy * u of either sign over the 4480
-    # pixels, differed by 5e-6 relative).
+    # pixels: the weight gradients sum terms of either sign over the 4480
+    # pixels (D's, of dy * u, differed by 5e-6 and once by 1.01e-5
+    # relative), so they get 1e-4.
     def unaligned(tensor: Tensor) -> Tensor:
         storage = torch.empty(tensor.numel() + 1, dtype=dtype,
                               device=tensor.device)
@@ -323,8 +324,10 @@ def test_cross_scan_planes_take_unaligned_tensors(dtype, shape):
         grads = torch.autograd.grad(out, list(scan_inputs.values()),
                                     torch.ones_like(out))
         results.append([out, *grads])
-    for expected, actual in zip(*results):
-        assert relative_error(actual, expected) < 1e-5
+    names = ['out', *aligned]
+    for name, expected, actual in zip(names, *results):
+        tolerance = 1e-4 if name in ('A', 'D', 'delta_bias') else 1e-5
+        assert relative_error(actual, expected) < tolerance, name
 
 
 @pytest.mark.cuda
