@@ -106,8 +106,8 @@ void launch_thread_backward_states(const SelectiveScanParams &params) {
   const int segment = params.channels_per_segment;
   const int tiles_per_segment =
       (segment + kThreadScanChannels - 1) / kThreadScanChannels;
-  const size_t shared_bytes =
-      ThreadBwdLayout<acc_t, kMaxN>::kElements * sizeof(acc_t);
+  using Layout = ThreadBwdLayout<acc_t, kMaxN>;
+  const size_t shared_bytes = Layout::kElements * sizeof(acc_t);
   dim3 grid((params.dim / segment) * tiles_per_segment, params.batch,
             params.num_backward_chunks);
   if (params.num_backward_chunks > 1) {
@@ -115,7 +115,7 @@ void launch_thread_backward_states(const SelectiveScanParams &params) {
     grid.z = params.num_backward_chunks - 1;
     launch_with_shared_memory(
         selective_scan_bwd_thread_kernel<T, kMaxN, true>, grid,
-        kThreadScanChannels, shared_bytes, params);
+        kThreadScanChannels, Layout::kLocalElements * sizeof(acc_t), params);
     grid.z = params.num_backward_chunks;
   }
   launch_with_shared_memory(
