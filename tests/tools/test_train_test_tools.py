@@ -137,6 +137,8 @@ def test_distributed_two_processes_on_gloo(tmp_path: Path,
          str(work_dir), '--cfg-options', 'env_cfg.dist_cfg.backend=gloo'])
     assert 'Distributed training: True' in output
     assert 'GPU number: 2' in output  # mmengine's name for the world size
+    # The runner's DDP model was gone before the group's teardown.
+    assert 'still alive at the process group' not in output
     assert 'mIoU' in output
     assert (work_dir / 'iter_4.pth').is_file()
     # The same checkpoint evaluated by two processes.
@@ -146,6 +148,7 @@ def test_distributed_two_processes_on_gloo(tmp_path: Path,
          str(tmp_path / 'dist_eval'), '--cfg-options',
          'env_cfg.dist_cfg.backend=gloo'])
     assert 'Distributed training: True' in output
+    assert 'still alive at the process group' not in output
     assert 0.0 <= printed_metrics(output)['mIoU'] <= 100.0
 
 
