@@ -127,23 +127,25 @@ def test_emulated_state_sizes(library, dstate):
                              (0, 0, 256), ('thread', 0, 256))
 
 
-# Joins of chunks without the decay of what they carry: the forward's
-# states (the third of three chunks carries a decayed state) and the
-# backward's adjoints (the first of three composes a decayed one). The
+# Chunk joins (join_chunk) without the decay of what they carry, with the
+# chunks of one pass only: the forward's states (the third of three chunks
+# carries a decayed state; one backward chunk) and the backward's adjoints
+# (the first of three composes a decayed one; one forward chunk). The
 # comparison must fail, or it could not fail at all.
-BROKEN_JOINS = {
-    'forward states': ('h[i] = exp2_acc(steps * A2[i]) * h[i] +',
-                       'h[i] = h[i] +', 768),
-    'backward adjoints': ('r[n] = exp2_acc(steps * A2[n]) * r[n] +',
-                          'r[n] = r[n] +', 256),
+BROKEN_JOIN = {
+    'x[i] = exp2_acc(steps * A2[i]) * x[i] + carried[n];':
+    'x[i] = x[i] + carried[n];'
 }
+CHUNKS_OF_ONE_PASS = {'forward states': (256, 768),
+                      'backward adjoints': (768, 256)}
 
 
-@pytest.mark.parametrize('join', sorted(BROKEN_JOINS))
+@pytest.mark.parametrize('join', sorted(CHUNKS_OF_ONE_PASS))
 def test_emulator_sees_a_broken_chunk_join(tmp_path, join):
-    old, broken, backward_chunk = BROKEN_JOINS[join]
+    forward_chunk, backward_chunk = CHUNKS_OF_ONE_PASS[join]
     library = build_emulated_library('selective_scan_driver.cpp', tmp_path,
-                                     {old: broken})
+                                     BROKEN_JOIN)
     with pytest.raises(AssertionError, match='relative errors over'):
         assert_matches_reference(library, scan_inputs(1, 2, 600, 2),
-                                 (0, 0, 256), ('thread', 0, backward_chunk))
+                                 (0, 0, forward_chunk),
+                                 ('thread', 0, backward_chunk))

@@ -445,6 +445,22 @@ struct alignas(sizeof(acc_t) * kVec) StateVector {
 __device__ __forceinline__ float exp2_acc(float x) { return exp2f(x); }
 __device__ __forceinline__ double exp2_acc(double x) { return exp2(x); }
 
+// Joins a chunk onto what enters it: its affine map per state n is
+// x -> exp(A_n * steps) x + carried[n] (steps: the chunk's sum of steps,
+// carried: what it carries out from a zero start). Applied to a thread's
+// states [first_n, first_n + kN) below dstate, A2 in base 2.
+template <typename acc_t, int kN>
+__device__ __forceinline__ void join_chunk(acc_t (&x)[kN],
+                                           const acc_t (&A2)[kN],
+                                           acc_t steps, const acc_t *carried,
+                                           int first_n, int dstate) {
+#pragma unroll
+  for (int i = 0; i < kN; ++i) {
+    const int n = first_n + i;
+    if (n < dstate) x[i] = exp2_acc(steps * A2[i]) * x[i] + carried[n];
+  }
+}
+
 // Threads per channel of the thread-per-chunk forward: from 16 states a
 // channel's states are split over two neighbouring lanes (a shuffle joins
 // their output sums). One thread per channel left the GPU short of warps:
@@ -558,16 +574,9 @@ __global__ void __launch_bounds__(
                               state_row * num_saved * dstate;
     const acc_t *step_sums =
         static_cast<const acc_t *>(p.chunk_step_sums) + state_row * num_saved;
-    for (int before = 0; before < chunk; ++before) {
-      const acc_t steps = step_sums[before];
-#pragma unroll
-      for (int i = 0; i < kOwnN; ++i) {
-        const int n = first_n + i;
-        if (n < dstate)
-          h[i] = exp2_acc(steps * A2[i]) * h[i] +
-                 end_states[size_t(before) * dstate + n];
-      }
-    }
+    for (int before = 0; before < chunk; ++before)
+      join_chunk(h, A2, step_sums[before],
+                 end_states + size_t(before) * dstate, first_n, dstate);
   }
 
   // Constant B/C: one row per channel, staged once.
@@ -740,10 +749,11 @@ __global__ void __launch_bounds__(
 // of kThreadBwdTile positions; then the tiles are walked from the last one
 // down: per state, the tile's forward states are recomputed from the kept
 // one and the adjoint is run back over them, summing the gradients of each
-// position over the states in registers. Gradients of variable B/C are summed over a warp's channels by
-// a transposing butterfly, then added with one atomic per warp, position and
-// state. The kept tile states (kChunkStateStride / kThreadBwdTile * kMaxN
-// per thread) live in local memory: in shared memory they would cost blocks.
+// position over the states in registers. Gradients of variable B/C are
+// summed over a warp's channels by a transposing butterfly, then added with
+// one atomic per warp, position and state. The kept tile states
+// (kChunkStateStride / kThreadBwdTile * kMaxN per thread) live in local
+// memory: in shared memory they would cost blocks.
 // With several chunks per sequence a local pass (kLocalPass) first runs the
 // adjoint alone over each chunk but the first, from zero at its end, and
 // stores where it ends and the chunk's sum of steps: the adjoint is affine
@@ -1064,13 +1074,9 @@ __global__ void __launch_bounds__(kThreadScanChannels,
     for (int n = 0; n < kMaxN; ++n) r[n] = acc_t(0);
     const acc_t *adjoints = static_cast<const acc_t *>(p.chunk_adjoints);
     const acc_t *step_sums = static_cast<const acc_t *>(p.chunk_step_sums);
-    for (int k = p.num_backward_chunks - 1; k > chunk; --k) {
-      const acc_t steps = step_sums[join_row + k - 1];
-      const acc_t *adjoint = adjoints + (join_row + k - 1) * dstate;
-#pragma unroll
-      for (int n = 0; n < kMaxN; ++n)
-        if (n < dstate) r[n] = exp2_acc(steps * A2[n]) * r[n] + adjoint[n];
-    }
+    for (int k = p.num_backward_chunks - 1; k > chunk; --k)
+      join_chunk(r, A2, step_sums[join_row + k - 1],
+                 adjoints + (join_row + k - 1) * dstate, 0, dstate);
     // The thread's own column entries, which it zeroed above.
 #pragma unroll
     for (int n = 0; n < kMaxN; ++n) adjoint_column[n * kChannels + tid] = r[n];
