@@ -244,12 +244,16 @@ std::vector<at::Tensor> selective_scan_backward(
                 "selective scan: the thread backward kernel's chunks "
                 "(num_items positions) must be a positive multiple of ",
                 kChunkStateStride, " positions, got ", num_items);
+    // A chunk longer than the sequence's saved stretches is one chunk (and
+    // its length then fits the kernels' int).
+    const int chunk_length = static_cast<int>(std::min<int64_t>(
+        num_items, int64_t(params.num_chunks) * kChunkStateStride));
     const int64_t num_backward_chunks =
-        (params.length + num_items - 1) / num_items;
+        (params.length + chunk_length - 1) / chunk_length;
     TORCH_CHECK(num_backward_chunks <= 65535, "selective scan: at most 65535 "
                 "backward chunks per sequence, got ", num_backward_chunks,
                 " (num_items ", num_items, ")");
-    params.backward_chunk_length = num_items;
+    params.backward_chunk_length = chunk_length;
     params.num_backward_chunks = num_backward_chunks;
   }
 

@@ -107,7 +107,6 @@ void launch_thread_backward_states(const SelectiveScanParams &params) {
   const int tiles_per_segment =
       (segment + kThreadScanChannels - 1) / kThreadScanChannels;
   using Layout = ThreadBwdLayout<acc_t, kMaxN>;
-  const size_t shared_bytes = Layout::kElements * sizeof(acc_t);
   dim3 grid((params.dim / segment) * tiles_per_segment, params.batch,
             params.num_backward_chunks);
   if (params.num_backward_chunks > 1) {
@@ -120,7 +119,7 @@ void launch_thread_backward_states(const SelectiveScanParams &params) {
   }
   launch_with_shared_memory(
       selective_scan_bwd_thread_kernel<T, kMaxN, false>, grid,
-      kThreadScanChannels, shared_bytes, params);
+      kThreadScanChannels, Layout::kElements * sizeof(acc_t), params);
 }
 
 // The thread-per-chunk backward (mamba layout only) for the smallest
