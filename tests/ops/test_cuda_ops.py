@@ -801,6 +801,15 @@ def test_forward_saves_the_states_the_backward_pass_restarts_from(
                                   f'{error}')
 
 
+def assert_half_the_target_threads(chunk: int, sequences: int, length: int,
+                                   target: int) -> None:
+    """Chunks of ``chunk`` positions make at least half of ``target``
+    threads, unless every chunk is already one stretch of saved states."""
+    threads = sequences * -(-length // chunk)
+    strides = -(-length // cuda_ops._STATE_STRIDE)
+    assert 2 * threads >= min(target, sequences * strides)
+
+
 def test_forward_chunk_lengths_cover_the_sequence():
     many = cuda_ops._MIN_SEQUENCES_FOR_ONE_CHUNK
     assert cuda_ops._forward_chunk_length(many, 5000) == 5000
@@ -808,12 +817,8 @@ def test_forward_chunk_lengths_cover_the_sequence():
         chunk = cuda_ops._forward_chunk_length(sequences, length)
         assert 1 <= chunk <= length
         assert chunk == length or chunk % cuda_ops._STATE_STRIDE == 0
-        # At least half the target thread count, unless every chunk is
-        # already one stride of saved states.
-        threads = sequences * -(-length // chunk)
-        strides = -(-length // cuda_ops._STATE_STRIDE)
-        assert 2 * threads >= min(cuda_ops._TARGET_FORWARD_THREADS,
-                                  sequences * strides)
+        assert_half_the_target_threads(chunk, sequences, length,
+                                       cuda_ops._TARGET_FORWARD_THREADS)
 
 
 def test_backward_chunk_lengths_cover_the_sequence():
@@ -824,12 +829,8 @@ def test_backward_chunk_lengths_cover_the_sequence():
         # Whole saved stretches, no chunk without positions.
         assert chunk > 0 and chunk % stride == 0
         assert chunk < length + stride
-        # At least half the target thread count, unless every chunk is
-        # already one stretch.
-        threads = sequences * -(-length // chunk)
-        strides = -(-length // stride)
-        assert 2 * threads >= min(cuda_ops._TARGET_BACKWARD_THREADS,
-                                  sequences * strides)
+        assert_half_the_target_threads(chunk, sequences, length,
+                                       cuda_ops._TARGET_BACKWARD_THREADS)
 
 
 def test_backward_config_picks_the_kernel_by_layout_and_count():
