@@ -4,9 +4,9 @@ For each op at realistic layer shapes it times the forward pass and the
 forward + backward pass with CUDA events (warm-up, then the median of
 repeats; the backward pass returns fresh input gradients, as it does for a
 layer's activations, rather than adding them into ``.grad``), reads the peak
-memory of forward + backward, and relates the
-forward's essential traffic (each input read once, each output written once)
-to the bandwidth of a measured device-to-device copy. Prints a markdown table.
+memory of forward + backward, and relates the forward's essential traffic
+(each input read once, each output written once) to the bandwidth of a
+measured device-to-device copy. Prints a markdown table.
 
 Usage:
     python tools/benchmark_ops.py [--repeats 20] [--ops selective_scan ...]
