@@ -17,6 +17,16 @@ namespace mmssm {
 // group, blockIdx.y: batch element) has one warp per column of a tile and
 // walks the tile's anti-diagonals; the tiles are visited left to right.
 //
+// Tiles in flight (`tile_sync` set; few sequences, where one block per
+// sequence would leave most SMs idle): a block walks one tile of one
+// sequence instead, tiles of a sequence running side by side a few rows
+// apart. Blocks take their (tile, sequence) from a ticket, tile by tile
+// (left to right forwards, right to left backwards), so a block only waits
+// for blocks that got their ticket before it and are therefore running. A
+// tile publishes how many rows of its hand-over column (the boundary states
+// forwards, the adjoint entering the tile on its left backwards) are in
+// memory every kWavefrontProgressRows rows; its neighbour waits for them.
+//
 // Pointers to weights, boundary/scratch states and weight gradients point to
 // the accumulation type (float, or double for double inputs); the gradients
 // of B_t, B_l and C are accumulated with atomics in it too. All other
@@ -33,6 +43,15 @@ struct WavefrontScanParams {
   int num_tiles = 1;
   bool delta_softplus = false;
   bool origin_br = false;  // scan from the bottom-right corner
+  // Tiles in flight: zeroed ints, the ticket, then the progress of every
+  // tile but the last (forwards) or the first (backwards) of every sequence,
+  // (num_tiles - 1, batch, num_groups), then (backward) the generation of
+  // every scratch slot. Null: a block walks every tile of its sequence.
+  int *tile_sync = nullptr;
+  // Backward with tiles in flight: tile-sized scratch slots, taken by
+  // ticket modulo num_slots; a block waits until the slot's previous
+  // holder (ticket - num_slots) has finished.
+  int num_slots = 0;
 
   const void *x = nullptr;
   const void *delta_t = nullptr;
@@ -54,9 +73,12 @@ struct WavefrontScanParams {
 
   // Backward.
   const void *dout = nullptr;
-  void *scratch = nullptr;      // states of one tile: (batch, num_groups,
-                                // height, tile_width, 32)
-  void *right_adjoint = nullptr;  // (batch, num_groups, height, 32)
+  // States of one tile: (batch, num_groups, height, tile_width, 32), or
+  // (num_slots, height, tile_width, 32) with tiles in flight.
+  void *scratch = nullptr;
+  // Adjoint entering a tile from the one on its right: (1, batch,
+  // num_groups, height, 32), or (num_tiles - 1, ...) with tiles in flight.
+  void *right_adjoint = nullptr;
   void *dx = nullptr;
   void *ddelta_t = nullptr;
   void *ddelta_l = nullptr;
@@ -75,10 +97,18 @@ struct WavefrontScanParams {
 constexpr int kWavefrontMaxTileWidth = 32;
 constexpr int kWavefrontNarrowTileWidth = 16;
 
+// Rows of a hand-over column between two publications of its progress.
+constexpr int kWavefrontProgressRows = 8;
+
 // Launches the forward (or backward) kernel for element type T on the
 // current CUDA stream; instantiated per type in
 // csrc/pytorch/cuda/wavefront_scan_*.cu.
 template <typename T>
 void wavefront_scan_launch(const WavefrontScanParams &params, bool backward);
+
+// Blocks of the backward kernel for element type T that the current device
+// runs at once (its SMs times the blocks per SM), for the scratch slots.
+template <typename T>
+int wavefront_backward_resident_blocks(const WavefrontScanParams &params);
 
 }  // namespace mmssm

@@ -175,11 +175,11 @@ struct WavefrontScanFunction
       const c10::optional<at::Tensor> &D,
       const c10::optional<at::Tensor> &delta_bias_t,
       const c10::optional<at::Tensor> &delta_bias_l, bool delta_softplus,
-      bool origin_br, int64_t tile_width) {
+      bool origin_br, int64_t tile_width, bool tiles_in_flight) {
     const SharedBuffersScope shared_buffers;
     auto outputs = wavefront_scan_forward(
         x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_bias_t,
-        delta_bias_l, delta_softplus, origin_br, tile_width);
+        delta_bias_l, delta_softplus, origin_br, tile_width, tiles_in_flight);
     // outputs: (out, states of the tiles' last columns).
     save(ctx,
          {x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, saved_slot(D),
@@ -189,12 +189,13 @@ struct WavefrontScanFunction
     data["delta_softplus"] = delta_softplus;
     data["origin_br"] = origin_br;
     data["tile_width"] = tile_width;
+    data["tiles_in_flight"] = tiles_in_flight;
     return outputs;
   }
 
   static variable_list backward(AutogradContext *ctx, variable_list grads) {
     const SharedBuffersScope shared_buffers;
-    variable_list result(14);
+    variable_list result(15);
     if (!grads[0].defined()) return result;
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &B_t = saved[5], &B_l = saved[6];
@@ -206,7 +207,8 @@ struct WavefrontScanFunction
         optional_input(D), optional_input(delta_bias_t),
         optional_input(delta_bias_l), dense(grads[0], x.scalar_type()),
         saved[11], data.at("delta_softplus").toBool(),
-        data.at("origin_br").toBool(), data.at("tile_width").toInt());
+        data.at("origin_br").toBool(), data.at("tile_width").toInt(),
+        data.at("tiles_in_flight").toBool());
     for (int i = 0; i < 5; ++i) result[i] = g[i];
     result[5] = dense(g[5], B_t.scalar_type());
     result[6] = dense(g[6], B_l.scalar_type());
@@ -366,10 +368,10 @@ std::vector<at::Tensor> wavefront_scan_autograd(
     const c10::optional<at::Tensor> &D,
     const c10::optional<at::Tensor> &delta_bias_t,
     const c10::optional<at::Tensor> &delta_bias_l, bool delta_softplus,
-    bool origin_br, int64_t tile_width) {
-  return WavefrontScanFunction::apply(x, delta_t, delta_l, A_t, A_l, B_t,
-                                      B_l, C, D, delta_bias_t, delta_bias_l,
-                                      delta_softplus, origin_br, tile_width);
+    bool origin_br, int64_t tile_width, bool tiles_in_flight) {
+  return WavefrontScanFunction::apply(
+      x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_bias_t,
+      delta_bias_l, delta_softplus, origin_br, tile_width, tiles_in_flight);
 }
 
 std::vector<at::Tensor> v2m_corner_scan_autograd(

@@ -52,7 +52,7 @@ std::vector<at::Tensor> wavefront_scan_forward(
     const c10::optional<at::Tensor> &D,
     const c10::optional<at::Tensor> &delta_bias_t,
     const c10::optional<at::Tensor> &delta_bias_l, bool delta_softplus,
-    bool origin_br, int64_t tile_width);
+    bool origin_br, int64_t tile_width, bool tiles_in_flight);
 
 std::vector<at::Tensor> wavefront_scan_backward(
     const at::Tensor &x, const at::Tensor &delta_t, const at::Tensor &delta_l,
@@ -62,7 +62,7 @@ std::vector<at::Tensor> wavefront_scan_backward(
     const c10::optional<at::Tensor> &delta_bias_t,
     const c10::optional<at::Tensor> &delta_bias_l, const at::Tensor &dout,
     const at::Tensor &boundary, bool delta_softplus, bool origin_br,
-    int64_t tile_width);
+    int64_t tile_width, bool tiles_in_flight);
 
 std::vector<at::Tensor> v2m_corner_scan_forward(
     const at::Tensor &u, const at::Tensor &delta, const at::Tensor &A,
@@ -131,7 +131,7 @@ std::vector<at::Tensor> wavefront_scan_autograd(
     const c10::optional<at::Tensor> &D,
     const c10::optional<at::Tensor> &delta_bias_t,
     const c10::optional<at::Tensor> &delta_bias_l, bool delta_softplus,
-    bool origin_br, int64_t tile_width);
+    bool origin_br, int64_t tile_width, bool tiles_in_flight);
 
 std::vector<at::Tensor> v2m_corner_scan_autograd(
     const at::Tensor &u, const at::Tensor &delta, const at::Tensor &A,

@@ -40,7 +40,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("A_l"), py::arg("B_t"), py::arg("B_l"), py::arg("C"),
         py::arg("D"), py::arg("delta_bias_t"), py::arg("delta_bias_l"),
         py::arg("delta_softplus"), py::arg("origin_br"),
-        py::arg("tile_width"));
+        py::arg("tile_width"), py::arg("tiles_in_flight"));
   m.def("wavefront_scan_backward", &mmssm::wavefront_scan_backward,
         "Mamba2D wavefront scan backward: returns (dx, ddelta_t, ddelta_l, "
         "dA_t, dA_l, dB_t, dB_l, dC, dD, ddelta_bias_t, ddelta_bias_l)",
@@ -48,7 +48,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("A_l"), py::arg("B_t"), py::arg("B_l"), py::arg("C"),
         py::arg("D"), py::arg("delta_bias_t"), py::arg("delta_bias_l"),
         py::arg("dout"), py::arg("boundary"), py::arg("delta_softplus"),
-        py::arg("origin_br"), py::arg("tile_width"));
+        py::arg("origin_br"), py::arg("tile_width"),
+        py::arg("tiles_in_flight"));
   m.def("v2m_corner_scan_forward", &mmssm::v2m_corner_scan_forward,
         "V2M corner scan forward: returns (out, chunk_states)", py::arg("u"),
         py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"),
@@ -105,7 +106,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("A_l"), py::arg("B_t"), py::arg("B_l"), py::arg("C"),
         py::arg("D"), py::arg("delta_bias_t"), py::arg("delta_bias_l"),
         py::arg("delta_softplus"), py::arg("origin_br"),
-        py::arg("tile_width"));
+        py::arg("tile_width"), py::arg("tiles_in_flight"));
   m.def("v2m_corner_scan_autograd", &mmssm::v2m_corner_scan_autograd,
         "V2M corner scan as an autograd Function: returns (out, "
         "chunk_states)",

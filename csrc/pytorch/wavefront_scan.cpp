@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "grad_buffers.h"
@@ -104,6 +105,18 @@ WavefrontScanParams make_wavefront_params(
   return params;
 }
 
+// Zeroed ticket, hand-over progress and `slots` slot generations.
+at::Tensor tile_sync_buffer(const WavefrontScanParams &params, int64_t slots,
+                            const at::Tensor &like) {
+  const int64_t sequences =
+      static_cast<int64_t>(params.batch) * params.num_groups;
+  TORCH_CHECK(sequences * params.num_tiles <= INT32_MAX,
+              "wavefront scan: tiles in flight take one block per tile, at "
+              "most ", INT32_MAX, ", got ", sequences * params.num_tiles);
+  const int64_t handovers = (params.num_tiles - 1) * sequences;
+  return at::zeros({1 + handovers + slots}, like.options().dtype(at::kInt));
+}
+
 std::vector<int64_t> boundary_shape(const WavefrontScanParams &params) {
   return {params.batch, params.num_groups, params.num_tiles - 1,
           params.height, 32};
@@ -138,7 +151,7 @@ std::vector<at::Tensor> wavefront_scan_forward(
     const c10::optional<at::Tensor> &D,
     const c10::optional<at::Tensor> &delta_bias_t,
     const c10::optional<at::Tensor> &delta_bias_l, bool delta_softplus,
-    bool origin_br, int64_t tile_width) {
+    bool origin_br, int64_t tile_width, bool tiles_in_flight) {
   WavefrontScanParams params = make_wavefront_params(
       x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_bias_t,
       delta_bias_l, delta_softplus, origin_br, tile_width);
@@ -148,6 +161,11 @@ std::vector<at::Tensor> wavefront_scan_forward(
       boundary_shape(params), x.options().dtype(accum_type(x.scalar_type())));
   params.out = out.data_ptr();
   params.boundary = boundary.data_ptr();
+  at::Tensor tile_sync;
+  if (tiles_in_flight && params.num_tiles > 1) {
+    tile_sync = tile_sync_buffer(params, 0, x);
+    params.tile_sync = tile_sync.data_ptr<int>();
+  }
   launch_wavefront(params, x.scalar_type(), false);
   return {out, boundary};
 }
@@ -160,7 +178,7 @@ std::vector<at::Tensor> wavefront_scan_backward(
     const c10::optional<at::Tensor> &delta_bias_t,
     const c10::optional<at::Tensor> &delta_bias_l, const at::Tensor &dout,
     const at::Tensor &boundary, bool delta_softplus, bool origin_br,
-    int64_t tile_width) {
+    int64_t tile_width, bool tiles_in_flight) {
   WavefrontScanParams params = make_wavefront_params(
       x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_bias_t,
       delta_bias_l, delta_softplus, origin_br, tile_width);
@@ -170,12 +188,40 @@ std::vector<at::Tensor> wavefront_scan_backward(
   check_op_tensor(kOpName, dout, "dout", x, dtype, x.sizes());
   check_op_tensor(kOpName, boundary, "boundary", x, accum_type(dtype),
                   boundary_shape(params));
-  at::Tensor scratch =
-      at::empty({params.batch, params.num_groups, params.height,
-                 params.tile_width, 32},
-                acc_options);
+  // One tile scratch per sequence, or with tiles in flight one per block
+  // the device runs at once (at most one per tile of every sequence).
+  int64_t scratch_blocks = params.batch * params.num_groups;
+  int64_t adjoint_columns = 1;
+  at::Tensor tile_sync;
+  if (tiles_in_flight && params.num_tiles > 1) {
+    int64_t resident = 0;
+    switch (dtype) {
+      case at::kFloat:
+        resident = wavefront_backward_resident_blocks<float>(params);
+        break;
+      case at::kHalf:
+        resident = wavefront_backward_resident_blocks<c10::Half>(params);
+        break;
+      case at::kBFloat16:
+        resident = wavefront_backward_resident_blocks<c10::BFloat16>(params);
+        break;
+      default:
+        resident = wavefront_backward_resident_blocks<double>(params);
+    }
+    TORCH_CHECK(resident > 0, "wavefront scan: the backward kernel cannot "
+                "run a block of ", params.tile_width, " warps on this device");
+    params.num_slots = static_cast<int>(
+        std::min(resident, scratch_blocks * params.num_tiles));
+    scratch_blocks = params.num_slots;
+    adjoint_columns = params.num_tiles - 1;
+    tile_sync = tile_sync_buffer(params, params.num_slots, x);
+    params.tile_sync = tile_sync.data_ptr<int>();
+  }
+  at::Tensor scratch = at::empty(
+      {scratch_blocks, params.height, params.tile_width, 32}, acc_options);
   at::Tensor right_adjoint = at::empty(
-      {params.batch, params.num_groups, params.height, 32}, acc_options);
+      {adjoint_columns, params.batch, params.num_groups, params.height, 32},
+      acc_options);
   at::Tensor dx = at::empty_like(x);
   const auto step_grads =
       carve({delta_t.sizes(), delta_l.sizes()}, delta_t.options(), false);

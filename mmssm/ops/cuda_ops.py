@@ -703,14 +703,20 @@ _cross_forward.register_autograd(
 
 
 # Mamba2D's wavefront scan. A block owns a group of (channel, state) lanes of
-# one batch element and one warp per column of a tile; narrow tiles where
-# there are enough blocks to fill the GPU (their backward scratch is
-# smaller; their forward kernel runs four blocks per SM up to
-# kWavefrontNarrowTileWidth columns in csrc/common/wavefront_scan_params.h),
-# wide ones (more columns in flight) where there are few.
-_WAVEFRONT_NARROW_TILE = 16
-_WAVEFRONT_WIDE_TILE = 32
-_WAVEFRONT_MIN_BLOCKS_FOR_NARROW_TILES = 512
+# one batch element and one warp per column of a tile of 16 columns
+# (kWavefrontNarrowTileWidth in csrc/common/wavefront_scan_params.h: its
+# forward kernel runs four blocks per SM). With fewer such sequences (batch
+# x channel groups) than twice the SMs (two backward blocks fit an SM), one
+# block per sequence walking its tiles in turn leaves SMs idle; there each
+# block walks one tile, and the tiles of a map run side by side a few rows
+# apart (tiles in flight). Mamba2D-T stage 1 at 1280x800, batch 2 (64
+# sequences of 20 tiles) took 5.94 ms forward + backward in flight on an
+# H100, against 10.99 ms with 32-column tiles in turn (the previous rule for
+# few sequences) and 15.26 ms with 16-column ones. With many sequences the
+# two took the same time (stage 1 at 224x224, batch 64: 8.94 ms). The op
+# also takes tiles of up to kWavefrontMaxTileWidth columns (whose forward
+# kernel loads each step's inputs a step ahead).
+_WAVEFRONT_TILE = 16
 _WAVEFRONT_ORIGINS = ('tl', 'br')
 
 
@@ -719,14 +725,25 @@ def _lanes_per_channel(dstate: int) -> int:
     return 1 << (dstate - 1).bit_length()
 
 
-def _wavefront_tiling(batch: int, width: int, channels: int,
+def _wavefront_tiling(width: int, channels: int,
                       dstate: int) -> tuple[int, int, int]:
     """Channel groups, tile width and number of tiles of the wavefront scan."""
     groups = -(-channels // (32 // _lanes_per_channel(dstate)))
-    tile = (_WAVEFRONT_NARROW_TILE if batch * groups >=
-            _WAVEFRONT_MIN_BLOCKS_FOR_NARROW_TILES else _WAVEFRONT_WIDE_TILE)
-    tile = min(tile, width)
+    tile = min(_WAVEFRONT_TILE, width)
     return groups, tile, -(-width // tile)
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device: torch.device) -> int:
+    """SMs of ``device``."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _wavefront_tiles_in_flight(sequences: int, num_tiles: int,
+                               device: torch.device) -> bool:
+    """Whether each tile of the wavefront scan gets its own block: more
+    than one tile, and fewer sequences than twice ``device``'s SMs."""
+    return num_tiles > 1 and sequences < 2 * _multiprocessors(device)
 
 
 @_kernel_op('mmssm::wavefront_scan_fwd')
@@ -735,21 +752,21 @@ def _wavefront_forward(x: Tensor, delta_t: Tensor, delta_l: Tensor,
                        C: Tensor, D: Optional[Tensor],
                        delta_bias_t: Optional[Tensor],
                        delta_bias_l: Optional[Tensor], delta_softplus: bool,
-                       origin_br: bool,
-                       tile_width: int) -> tuple[Tensor, Tensor]:
+                       origin_br: bool, tile_width: int,
+                       tiles_in_flight: bool) -> tuple[Tensor, Tensor]:
     """Kernel forward; returns (out, states of the tiles' last columns)."""
     out, boundary = _extension().wavefront_scan_forward(
         x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_bias_t,
-        delta_bias_l, delta_softplus, origin_br, tile_width)
+        delta_bias_l, delta_softplus, origin_br, tile_width, tiles_in_flight)
     return out, boundary
 
 
 @_wavefront_forward.register_fake
 def _wavefront_forward_fake(x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D,
                             delta_bias_t, delta_bias_l, delta_softplus,
-                            origin_br, tile_width):
+                            origin_br, tile_width, tiles_in_flight):
     batch, height, width, channels = x.shape
-    groups, _, _ = _wavefront_tiling(batch, width, channels, A_t.shape[1])
+    groups, _, _ = _wavefront_tiling(width, channels, A_t.shape[1])
     num_tiles = -(-width // min(tile_width, width))
     boundary = x.new_empty((batch, groups, num_tiles - 1, height, 32),
                            dtype=_accum_dtype(x.dtype))
@@ -763,7 +780,8 @@ def _wavefront_backward(x: Tensor, delta_t: Tensor, delta_l: Tensor,
                         delta_bias_t: Optional[Tensor],
                         delta_bias_l: Optional[Tensor], dout: Tensor,
                         boundary: Tensor, delta_softplus: bool,
-                        origin_br: bool, tile_width: int) -> list[Tensor]:
+                        origin_br: bool, tile_width: int,
+                        tiles_in_flight: bool) -> list[Tensor]:
     """Kernel backward; returns the gradients of x, delta_t, delta_l, A_t,
     A_l, B_t, B_l, C, D, delta_bias_t and delta_bias_l.
 
@@ -772,13 +790,15 @@ def _wavefront_backward(x: Tensor, delta_t: Tensor, delta_l: Tensor,
     """
     return list(_extension().wavefront_scan_backward(
         x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_bias_t,
-        delta_bias_l, dout, boundary, delta_softplus, origin_br, tile_width))
+        delta_bias_l, dout, boundary, delta_softplus, origin_br, tile_width,
+        tiles_in_flight))
 
 
 @_wavefront_backward.register_fake
 def _wavefront_backward_fake(x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D,
                              delta_bias_t, delta_bias_l, dout, boundary,
-                             delta_softplus, origin_br, tile_width):
+                             delta_softplus, origin_br, tile_width,
+                             tiles_in_flight):
     accum = _accum_dtype(x.dtype)
     empty = x.new_empty(0, dtype=accum)
 
@@ -802,13 +822,15 @@ def _wavefront_backward_fake(x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D,
 
 def _wavefront_setup_context(ctx, inputs, output) -> None:
     (x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_bias_t,
-     delta_bias_l, delta_softplus, origin_br, tile_width) = inputs
+     delta_bias_l, delta_softplus, origin_br, tile_width,
+     tiles_in_flight) = inputs
     _, boundary = output
     ctx.save_for_backward(x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D,
                           delta_bias_t, delta_bias_l, boundary)
     ctx.delta_softplus = delta_softplus
     ctx.origin_br = origin_br
     ctx.tile_width = tile_width
+    ctx.tiles_in_flight = tiles_in_flight
     ctx.mark_non_differentiable(boundary)
 
 
@@ -820,13 +842,13 @@ def _wavefront_autograd_backward(ctx, dout, _dboundary):
          x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_bias_t,
          delta_bias_l,
          _dense(dout, x.dtype), boundary, ctx.delta_softplus,
-         ctx.origin_br, ctx.tile_width)
+         ctx.origin_br, ctx.tile_width, ctx.tiles_in_flight)
     return (dx, ddelta_t, ddelta_l, dA_t, dA_l, _dense(dB_t, B_t.dtype),
             _dense(dB_l, B_l.dtype), _dense(dC, C.dtype),
             dD if D is not None else None,
             ddelta_bias_t if delta_bias_t is not None else None,
             ddelta_bias_l if delta_bias_l is not None else None, None, None,
-            None)
+            None, None)
 
 
 _wavefront_forward.register_autograd(
@@ -878,8 +900,10 @@ def wavefront_scan_2d_cuda(x: Tensor,
     _check_input(A_t, 'A_t', 2, '(E, N)')
     dtype = _input_dtype(x)
     accum = _accum_dtype(dtype)
-    batch, _, width, channels = x.shape
-    _, tile_width, _ = _wavefront_tiling(batch, width, channels, A_t.shape[1])
+    groups, tile_width, num_tiles = _wavefront_tiling(x.shape[2], x.shape[3],
+                                                      A_t.shape[1])
+    tiles_in_flight = _wavefront_tiles_in_flight(x.shape[0] * groups,
+                                                 num_tiles, x.device)
     out, _ = _wavefront_forward(
         _dense(x), _dense(delta_t, dtype),
         _dense(delta_l, dtype), _weight(A_t, accum, 'A_t'),
@@ -887,7 +911,7 @@ def wavefront_scan_2d_cuda(x: Tensor,
         _dense(B_l, dtype), _dense(C, dtype),
         _weight(D, accum, 'D'), _weight(delta_bias_t, accum, 'delta_bias_t'),
         _weight(delta_bias_l, accum, 'delta_bias_l'), delta_softplus,
-        origin == 'br', tile_width)
+        origin == 'br', tile_width, tiles_in_flight)
     return out
 
 

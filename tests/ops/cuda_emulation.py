@@ -316,16 +316,19 @@ class _WavefrontCall(ctypes.Structure):
     """The driver's WavefrontCall: the shape and options of a call."""
     _fields_ = [(name, ctypes.c_int) for name in (
         'batch', 'height', 'width', 'channels', 'dstate', 'tile_width',
-        'delta_softplus', 'origin_br')]
+        'delta_softplus', 'origin_br', 'tiles_in_flight', 'num_slots')]
 
 
 class EmulatedWavefrontScan(torch.autograd.Function):
     """mmssm.ops.wavefront_scan_2d through the emulated kernels, tiles of
-    ``tile_width`` columns: float32 or float64 inputs, weights in the
-    accumulation dtype, every gradient."""
+    ``tile_width`` columns, one block per sequence (``num_slots`` None) or
+    one per tile with ``num_slots`` backward scratch slots (tiles in
+    flight): float32 or float64 inputs, weights in the accumulation dtype,
+    every gradient."""
 
     @staticmethod
-    def forward(ctx, library: ctypes.CDLL, tile_width: int, x: Tensor,
+    def forward(ctx, library: ctypes.CDLL, tile_width: int,
+                num_slots: Optional[int], x: Tensor,
                 delta_t: Tensor, delta_l: Tensor, A_t: Tensor, A_l: Tensor,
                 B_t: Tensor, B_l: Tensor, C: Tensor, D: Optional[Tensor],
                 delta_bias_t: Optional[Tensor],
@@ -336,7 +339,8 @@ class EmulatedWavefrontScan(torch.autograd.Function):
         batch, height, width, channels = x.shape
         dstate = A_t.shape[1]
         call = _WavefrontCall(batch, height, width, channels, dstate,
-                              tile_width, delta_softplus, origin_br)
+                              tile_width, delta_softplus, origin_br,
+                              num_slots is not None, num_slots or 0)
         groups = -(-channels // (32 // cuda_ops._lanes_per_channel(dstate)))
         tiles = -(-width // min(tile_width, width))
         out = torch.zeros_like(inputs[0])
@@ -359,7 +363,7 @@ class EmulatedWavefrontScan(torch.autograd.Function):
         _call(ctx.library.emulated_wavefront_scan,
               (int(accum == torch.float64), 1, ctypes.byref(ctx.call)),
               inputs + [None, boundary, dout.contiguous()] + grads)
-        return (None, None, *grads, None, None)
+        return (None, None, None, *grads, None, None)
 
 
 class _ScanCall(ctypes.Structure):

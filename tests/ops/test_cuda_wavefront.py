@@ -4,6 +4,7 @@ csrc/common/cuda/wavefront_scan_kernel.cuh).
 The output and every input gradient are compared with the float64
 pixel-by-pixel reference of mmssm/ops/reference.py on fresh random inputs.
 """
+from functools import partial
 from typing import Dict, Optional, Union
 
 import pytest
@@ -72,11 +73,10 @@ def test_wavefront_matches_reference(dtype, height, width, origin):
 @pytest.mark.cuda
 @pytest.mark.parametrize('origin', ['tl', 'br'])
 @pytest.mark.parametrize('dstate', [1, 3])
-def test_wavefront_narrow_tiles_and_state_sizes(origin, dstate, monkeypatch):
-    # Narrow tiles (3 tiles over 37 columns); state sizes that are not a
-    # power of two pad their lanes; no optional inputs, non-contiguous ones.
-    monkeypatch.setattr(cuda_ops, '_WAVEFRONT_MIN_BLOCKS_FOR_NARROW_TILES', 1)
-    assert cuda_ops._wavefront_tiling(1, 37, 3, dstate)[1:] == (16, 3)
+def test_wavefront_state_sizes_and_options(origin, dstate):
+    # Three tiles over 37 columns; state sizes that are not a power of two
+    # pad their lanes; no optional inputs, non-contiguous ones.
+    assert cuda_ops._wavefront_tiling(37, 3, dstate)[1:] == (16, 3)
     inputs = wavefront_inputs(1, 11, 37, 3, dstate, with_options=False,
                               contiguous=False)
     inputs['delta_t'] = torch.rand_like(inputs['delta_t']) * 0.5 + 0.01
@@ -84,6 +84,70 @@ def test_wavefront_narrow_tiles_and_state_sizes(origin, dstate, monkeypatch):
     errors = errors_against_reference(inputs, torch.float32,
                                       delta_softplus=False, origin=origin)
     assert_close(errors, torch.float32)
+
+
+def kernel_scan(tile_width: int, tiles_in_flight: bool, **kwargs) -> Tensor:
+    """The kernel op with a given tiling (wavefront_scan_2d_cuda's
+    arguments; weights in float32)."""
+    names = ('x', 'delta_t', 'delta_l', 'A_t', 'A_l', 'B_t', 'B_l', 'C', 'D',
+             'delta_bias_t', 'delta_bias_l')
+    args = [kwargs.get(name) for name in names]
+    out, _ = cuda_ops._wavefront_forward(*args, kwargs['delta_softplus'],
+                                         kwargs['origin'] == 'br',
+                                         tile_width, tiles_in_flight)
+    return out
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('tile_width,tiles_in_flight', [(32, True),
+                                                        (32, False),
+                                                        (16, False)])
+def test_wavefront_other_tilings_match_reference(dtype, tile_width,
+                                                 tiles_in_flight):
+    # Wide tiles (the forward loads a step ahead), in flight and in turn,
+    # and narrow tiles in turn, over three tiles.
+    inputs = wavefront_inputs(2, 9, 2 * tile_width + 5, 5, 16)
+    errors = cuda_testing.errors_against_reference(
+        inputs, partial(kernel_scan, tile_width, tiles_in_flight),
+        wavefront_scan_2d_reference, dtype,
+        lambda name, value: name in WEIGHT_NAMES, delta_softplus=True,
+        origin='br')
+    assert_close(errors, dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('tile_width', [16, 32])
+def test_wavefront_tiles_in_flight_match_tiles_in_turn(dtype, tile_width):
+    # Mamba2D-T stage 1 at 1280x800, batch 2: 64 sequences of 20 (or 10)
+    # tiles, 25 progress hand-overs per column, scratch slots reused (one
+    # per block the GPU runs at once). A missing wait or a slot taken too
+    # early shows as a difference from the same kernels walking each
+    # sequence's tiles in turn; the per-pixel results are computed in the
+    # same order both ways and must be equal, the atomic sums close.
+    inputs = wavefront_inputs(2, 200, 320, 64, 16)
+    args = [
+        value.to(dtype if name not in WEIGHT_NAMES else torch.float32)
+        for name, value in inputs.items()
+    ]
+    dout = torch.randn_like(args[0])
+    results = []
+    for tiles_in_flight in (False, True):
+        out, boundary = cuda_ops._wavefront_forward(*args, True, False,
+                                                    tile_width,
+                                                    tiles_in_flight)
+        grads = cuda_ops._wavefront_backward(*args, dout, boundary, True,
+                                             False, tile_width,
+                                             tiles_in_flight)
+        results.append([out, boundary] + list(grads))
+    names = ['out', 'boundary', 'dx', 'ddelta_t', 'ddelta_l', 'dA_t', 'dA_l',
+             'dB_t', 'dB_l', 'dC', 'dD', 'ddelta_bias_t', 'ddelta_bias_l']
+    for name, in_turn, in_flight in zip(names, *results):
+        if name in ('out', 'boundary', 'dx', 'ddelta_t', 'ddelta_l'):
+            assert torch.equal(in_turn, in_flight), name
+        else:
+            assert relative_error(in_flight, in_turn) < 1e-5, name
 
 
 @pytest.mark.cuda
@@ -102,7 +166,7 @@ def test_wavefront_passes_opcheck():
     # Schema, fake (meta) implementation and autograd registration agree
     # with the kernel.
     inputs = wavefront_inputs(2, 5, 7, 3, 4)
-    args = tuple(inputs.values()) + (True, True, 4)
+    args = tuple(inputs.values()) + (True, True, 4, True)
     torch.library.opcheck(torch.ops.mmssm.wavefront_scan_fwd.default, args)
 
 
@@ -131,7 +195,9 @@ def test_wavefront_torch_compile_full_graph():
 
 @pytest.mark.cuda
 @needs_sanitizer
-def test_wavefront_memcheck_clean():
+@pytest.mark.parametrize('tool', ['memcheck', 'racecheck', 'synccheck'])
+def test_wavefront_sanitizer_clean(tool):
+    # Three tiles in flight (16 columns each), both origins.
     script = (
         'import torch\n'
         'from mmssm.ops import cuda_ops\n'
@@ -144,7 +210,7 @@ def test_wavefront_memcheck_clean():
         '    cuda_ops.wavefront_scan_2d_cuda(x, x, x, A, A, bc, bc, bc, D,\n'
         '        D, D, True, origin).sum().backward()\n'
         'torch.cuda.synchronize()\n')
-    assert_sanitizer_clean('memcheck', script)
+    assert_sanitizer_clean(tool, script)
 
 
 def test_wavefront_refuses_cpu_input_and_bad_origin():
@@ -158,9 +224,17 @@ def test_wavefront_refuses_cpu_input_and_bad_origin():
         cuda_ops.wavefront_scan_2d_cuda(**inputs, origin='tr')
 
 
-def test_wavefront_tiling_rule():
-    # Few blocks (a high-resolution map at batch 2): wide tiles; many
-    # blocks: narrow ones; never wider than the map.
-    assert cuda_ops._wavefront_tiling(2, 320, 64, 16) == (32, 32, 10)
-    assert cuda_ops._wavefront_tiling(64, 56, 64, 16) == (32, 16, 4)
-    assert cuda_ops._wavefront_tiling(64, 7, 64, 3) == (8, 7, 1)
+def test_wavefront_tiling_rule(monkeypatch):
+    # Tiles of 16 columns, never wider than the map; tiles in flight with
+    # fewer sequences than twice the SMs (an H100's 132 here) and more than
+    # one tile.
+    assert cuda_ops._wavefront_tiling(320, 64, 16) == (32, 16, 20)
+    assert cuda_ops._wavefront_tiling(56, 64, 16) == (32, 16, 4)
+    assert cuda_ops._wavefront_tiling(7, 64, 3) == (8, 7, 1)
+    monkeypatch.setattr(cuda_ops, '_multiprocessors', lambda device: 132)
+    device = torch.device('cuda')
+    assert cuda_ops._wavefront_tiles_in_flight(2 * 32, 20, device)
+    assert cuda_ops._wavefront_tiles_in_flight(263, 2, device)
+    assert not cuda_ops._wavefront_tiles_in_flight(264, 2, device)
+    assert not cuda_ops._wavefront_tiles_in_flight(64 * 32, 4, device)
+    assert not cuda_ops._wavefront_tiles_in_flight(1, 1, device)

@@ -23,14 +23,16 @@ def library(tmp_path_factory):
                                   tmp_path_factory.mktemp('emulator'))
 
 
-def emulated_scan(library, tile_width: int, x: Tensor, delta_t: Tensor,
+def emulated_scan(library, tile_width: int, num_slots: Optional[int],
+                  x: Tensor, delta_t: Tensor,
                   delta_l: Tensor, A_t: Tensor, A_l: Tensor, B_t: Tensor,
                   B_l: Tensor, C: Tensor, D: Optional[Tensor] = None,
                   delta_bias_t: Optional[Tensor] = None,
                   delta_bias_l: Optional[Tensor] = None,
                   delta_softplus: bool = False,
                   origin: str = 'tl') -> Tensor:
-    return EmulatedWavefrontScan.apply(library, tile_width, x, delta_t,
+    return EmulatedWavefrontScan.apply(library, tile_width, num_slots, x,
+                                       delta_t,
                                        delta_l, A_t, A_l, B_t, B_l, C, D,
                                        delta_bias_t, delta_bias_l,
                                        delta_softplus, origin == 'br')
@@ -55,9 +57,10 @@ def wavefront_inputs(batch: int, height: int, width: int, channels: int,
 
 
 def wavefront_errors(library, inputs: Dict[str, Optional[Tensor]],
-                     dtype: torch.dtype, tile_width: int, origin: str):
+                     dtype: torch.dtype, tile_width: int, origin: str,
+                     num_slots: Optional[int] = None):
     return cuda_testing.errors_against_reference(
-        inputs, partial(emulated_scan, library, tile_width),
+        inputs, partial(emulated_scan, library, tile_width, num_slots),
         wavefront_scan_2d_reference, dtype,
         lambda name, value: name in WEIGHT_NAMES, delta_softplus=True,
         origin=origin)
@@ -79,6 +82,26 @@ def test_emulated_wavefront_matches_reference(library, dtype, height, width,
     # 3 channels of 8 states (4 per warp: the fourth is padding).
     inputs = wavefront_inputs(2, height, width, 3, 8)
     errors = wavefront_errors(library, inputs, dtype, tile_width, origin)
+    cuda_testing.assert_close(errors, dtype)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('height,width,origin,tile_width,num_slots', [
+    (6, 13, 'tl', 4, 100),  # a slot for every tile of every sequence
+    (19, 9, 'br', 2, 3),  # fewer slots than tiles: slots reused
+    # Progress published every kWavefrontProgressRows = 8 rows: heights
+    # past, at and under a multiple of it, and one row.
+    (17, 11, 'tl', 3, 5),
+    (16, 7, 'br', 4, 1),
+    (1, 9, 'tl', 2, 2),
+    (7, 53, 'br', 24, 4),  # wide tiles (the forward loads ahead)
+])
+def test_emulated_wavefront_tiles_in_flight(library, dtype, height, width,
+                                            origin, tile_width, num_slots):
+    # One block per tile, in the order of their tickets.
+    inputs = wavefront_inputs(2, height, width, 3, 8)
+    errors = wavefront_errors(library, inputs, dtype, tile_width, origin,
+                              num_slots)
     cuda_testing.assert_close(errors, dtype)
 
 

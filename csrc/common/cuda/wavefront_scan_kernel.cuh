@@ -31,6 +31,14 @@
 //   g(i,j) = C dy + s(i,j+1) a_l(i,j+1) g(i,j+1) + s(i+1,j) a_t(i+1,j)
 //            g(i+1,j),
 // with s the 1/2 of interior pixels.
+//
+// With few sequences (batch x channel groups) one block per sequence leaves
+// most SMs idle and each block walks its tiles one after the other. Tiles in
+// flight (wavefront_scan_params.h) give each tile its own block instead: a
+// tile starts as soon as its neighbour has handed over the first rows of
+// their shared column, so the tiles of a row run a few rows apart. The
+// backward pass recomputes every tile's states at once (they only need the
+// saved boundaries), then its adjoints follow each other right to left.
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>
@@ -63,19 +71,87 @@ __device__ __forceinline__ acc_t sigmoid_acc(acc_t x) {
   return acc_t(1) / (acc_t(1) + exp_acc(-x));
 }
 
+// The sequence (batch element, channel group) and the tiles of a block.
+template <bool kInFlight>
+struct WavefrontTask {
+  int group, batch, first_tile, last_tile;
+  int ticket;  // with tiles in flight, else -1
+
+  __device__ WavefrontTask(const WavefrontScanParams &p, bool backward) {
+    if (!kInFlight) {
+      group = blockIdx.x;
+      batch = blockIdx.y;
+      first_tile = 0;
+      last_tile = p.num_tiles - 1;
+      ticket = -1;
+      return;
+    }
+    __shared__ int taken;
+    if (threadIdx.x == 0 && threadIdx.y == 0)
+      taken = atomicAdd(p.tile_sync, 1);
+    __syncthreads();
+    ticket = taken;
+    const int sequences = p.batch * p.num_groups;
+    const int order = ticket / sequences, sequence = ticket % sequences;
+    group = sequence % p.num_groups;
+    batch = sequence / p.num_groups;
+    first_tile = last_tile = backward ? p.num_tiles - 1 - order : order;
+  }
+};
+
+// Progress of the hand-over column between tiles `column` and `column + 1`
+// of a sequence (tiles in flight).
+__device__ __forceinline__ int *handover_progress(
+    const WavefrontScanParams &p, int column, int sequence) {
+  return p.tile_sync + 1 +
+         static_cast<long long>(column) * p.batch * p.num_groups + sequence;
+}
+
+// Generation of a backward scratch slot: how many holders released it.
+__device__ __forceinline__ int *slot_generation(const WavefrontScanParams &p,
+                                                int slot) {
+  return handover_progress(p, p.num_tiles - 1, 0) + slot;
+}
+
+// A whole warp, after its lanes stored rows of a hand-over column: makes
+// them visible to other blocks, then publishes their count.
+__device__ __forceinline__ void publish_rows(int *progress, int rows) {
+  __threadfence();
+  __syncwarp();
+  if (threadIdx.x == 0) atomicExch(progress, rows);
+}
+
+// A whole warp, before it loads rows of a hand-over column: waits until
+// `rows` of them are published (loads go through L2, __ldcg).
+__device__ __forceinline__ void wait_for_rows(const int *progress, int rows) {
+  if (threadIdx.x == 0) {
+    while (*reinterpret_cast<const volatile int *>(progress) < rows) {
+    }
+  }
+  __syncwarp();
+  __threadfence();
+}
+
 // The (channel, state) pair of this thread and its weights.
 template <typename acc_t>
 struct WavefrontLane {
   int lane, batch, channel, state;
+  int sequence;       // batch * num_groups + channel group
+  int scratch_block;  // the backward's tile scratch of this block
   bool valid;  // channel < channels and state < dstate
   acc_t A_t, A_l, D, bias_t, bias_l;
 
-  __device__ WavefrontLane(const WavefrontScanParams &p) {
+  template <bool kInFlight>
+  __device__ WavefrontLane(const WavefrontScanParams &p,
+                           const WavefrontTask<kInFlight> &task) {
     lane = threadIdx.x;
-    batch = blockIdx.y;
+    batch = task.batch;
+    sequence = batch * p.num_groups + task.group;
+    scratch_block =
+        kInFlight && p.num_slots > 0 ? task.ticket % p.num_slots : sequence;
     state = lane % p.lanes_per_channel;
-    channel = blockIdx.x * (32 / p.lanes_per_channel) +
-              lane / p.lanes_per_channel;
+    channel =
+        task.group * (32 / p.lanes_per_channel) + lane / p.lanes_per_channel;
     valid = channel < p.channels && state < p.dstate;
     const int weight = channel * p.dstate + state;
     A_t = valid ? static_cast<const acc_t *>(p.A_t)[weight] : acc_t(0);
@@ -172,16 +248,29 @@ template <typename acc_t>
 __device__ __forceinline__ size_t boundary_index(const WavefrontScanParams &p,
                                                  const WavefrontLane<acc_t> &l,
                                                  int tile, int row) {
-  return ((static_cast<size_t>(l.batch) * p.num_groups + blockIdx.x) *
-              (p.num_tiles - 1) +
-          tile) * p.height * 32 + static_cast<size_t>(row) * 32 + l.lane;
+  return (static_cast<size_t>(l.sequence) * (p.num_tiles - 1) + tile) *
+             p.height * 32 +
+         static_cast<size_t>(row) * 32 + l.lane;
+}
+
+// The adjoint entering tile `column` from tile `column + 1`, at `row`.
+template <bool kInFlight, typename acc_t>
+__device__ __forceinline__ size_t right_adjoint_index(
+    const WavefrontScanParams &p, const WavefrontLane<acc_t> &l, int column,
+    int row) {
+  const size_t handover = kInFlight ? column : 0;
+  return ((handover * p.batch * p.num_groups + l.sequence) * p.height + row) *
+             32 +
+         l.lane;
 }
 
 // Sweeps the anti-diagonals of one tile forwards. kWriteOutput: write y (and
 // the tile's last column to the boundary); else store every state of the
 // tile in the scratch (the backward pass's recomputation). kPrefetch: load
-// each step's inputs at the step before.
-template <typename T, typename acc_t, bool kWriteOutput, bool kPrefetch>
+// each step's inputs at the step before. kInFlight: tiles in flight (with
+// kWriteOutput, wait for the tile on the left and publish to the right).
+template <typename T, typename acc_t, bool kWriteOutput, bool kPrefetch,
+          bool kInFlight>
 __device__ void wavefront_forward_tile(const WavefrontScanParams &p,
                                        const WavefrontLane<acc_t> &lane,
                                        int tile,
@@ -200,9 +289,14 @@ __device__ void wavefront_forward_tile(const WavefrontScanParams &p,
   auto fetch = [&](int i) {
     if (column >= columns || i < 0 || i >= p.height) return;
     next.fetch(p, lane, i, j);
-    if (column == 0 && tile > 0)
-      next_left = static_cast<const acc_t *>(
-          p.boundary)[boundary_index(p, lane, tile - 1, i)];
+    if (column == 0 && tile > 0) {
+      if (kWriteOutput && kInFlight && i % kWavefrontProgressRows == 0) {
+        wait_for_rows(handover_progress(p, tile - 1, lane.sequence),
+                      min(i + kWavefrontProgressRows, p.height));
+      }
+      next_left = __ldcg(static_cast<const acc_t *>(p.boundary) +
+                         boundary_index(p, lane, tile - 1, i));
+    }
   };
   if (kPrefetch) fetch(-column);
   for (int step = 0; step < steps; ++step) {
@@ -231,12 +325,14 @@ __device__ void wavefront_forward_tile(const WavefrontScanParams &p,
         if (column == columns - 1 && tile + 1 < p.num_tiles) {
           static_cast<acc_t *>(p.boundary)[boundary_index(p, lane, tile, i)] =
               h;
+          if (kInFlight &&
+              ((i + 1) % kWavefrontProgressRows == 0 || i + 1 == p.height))
+            publish_rows(handover_progress(p, tile, lane.sequence), i + 1);
         }
       } else {
         static_cast<acc_t *>(p.scratch)
-            [(((static_cast<size_t>(lane.batch) * p.num_groups + blockIdx.x) *
-                   p.height +
-               i) * p.tile_width +
+            [((static_cast<size_t>(lane.scratch_block) * p.height + i) *
+                  p.tile_width +
               column) * 32 +
              lane.lane] = h;
       }
@@ -248,42 +344,57 @@ __device__ void wavefront_forward_tile(const WavefrontScanParams &p,
 // Narrow tiles (many blocks) load each step's inputs when it comes and run
 // four blocks per SM (with loads in flight they took 42 registers, ran three
 // blocks per SM and were 11% slower at Mamba2D-T stage 1 224², batch 64);
-// wide tiles (few blocks, one per SM) prefetch.
-template <typename T, bool kNarrowTiles>
+// wide tiles (few blocks, one per SM) prefetch. kInFlight: one tile per
+// block (params.tile_sync set).
+template <typename T, bool kNarrowTiles, bool kInFlight>
 __global__ void __launch_bounds__(
     (kNarrowTiles ? kWavefrontNarrowTileWidth : kWavefrontMaxTileWidth) * 32,
     kNarrowTiles ? 4 : 1) wavefront_fwd_kernel(WavefrontScanParams p) {
   using acc_t = typename AccumType<T>::type;
   __shared__ acc_t exchange[2][kWavefrontMaxTileWidth][32];
-  const WavefrontLane<acc_t> lane(p);
-  for (int tile = 0; tile < p.num_tiles; ++tile)
-    wavefront_forward_tile<T, acc_t, true, !kNarrowTiles>(p, lane, tile,
-                                                          exchange);
+  const WavefrontTask<kInFlight> task(p, false);
+  const WavefrontLane<acc_t> lane(p, task);
+  for (int tile = task.first_tile; tile <= task.last_tile; ++tile)
+    wavefront_forward_tile<T, acc_t, true, !kNarrowTiles, kInFlight>(
+        p, lane, tile, exchange);
 }
 
-template <typename T>
+template <typename T, bool kInFlight>
 __global__ void __launch_bounds__(kWavefrontMaxTileWidth * 32)
     wavefront_bwd_kernel(WavefrontScanParams p) {
   using acc_t = typename AccumType<T>::type;
   __shared__ acc_t exchange[2][kWavefrontMaxTileWidth][32];
-  const WavefrontLane<acc_t> lane(p);
+  const WavefrontTask<kInFlight> task(p, true);
+  const WavefrontLane<acc_t> lane(p, task);
   const acc_t *scratch = static_cast<const acc_t *>(p.scratch);
   acc_t *right_adjoint = static_cast<acc_t *>(p.right_adjoint);
-  const size_t block_base =
-      static_cast<size_t>(lane.batch) * p.num_groups + blockIdx.x;
   const int column = threadIdx.y;
+  const bool first_thread = threadIdx.x == 0 && threadIdx.y == 0;
+  if (kInFlight) {
+    // The slot's previous holder got its ticket earlier, so it is running
+    // or done; it releases the slot when it has read its last state.
+    if (first_thread) {
+      const volatile int *generation =
+          slot_generation(p, lane.scratch_block);
+      while (*generation < task.ticket / p.num_slots) {
+      }
+    }
+    __syncthreads();
+  }
   acc_t dA_t = acc_t(0), dA_l = acc_t(0), dD = acc_t(0);
   acc_t dbias_t = acc_t(0), dbias_l = acc_t(0);
 
-  for (int tile = p.num_tiles - 1; tile >= 0; --tile) {
-    wavefront_forward_tile<T, acc_t, false, true>(p, lane, tile, exchange);
+  for (int tile = task.last_tile; tile >= task.first_tile; --tile) {
+    wavefront_forward_tile<T, acc_t, false, true, kInFlight>(p, lane, tile,
+                                                             exchange);
     const int first_column = tile * p.tile_width;
     const int columns = min(p.tile_width, p.width - first_column);
     const int j = first_column + column;
     const int lag = columns - 1 - column;  // the rightmost column goes first
     auto saved_state = [&](int row, int col) {
-      return scratch[((block_base * p.height + row) * p.tile_width + col) *
-                         32 +
+      return scratch[((static_cast<size_t>(lane.scratch_block) * p.height +
+                        row) * p.tile_width +
+                       col) * 32 +
                      lane.lane];
     };
     acc_t from_below = acc_t(0);  // s a_t g of the pixel below
@@ -305,9 +416,16 @@ __global__ void __launch_bounds__(kWavefrontMaxTileWidth * 32)
             p.boundary)[boundary_index(p, lane, tile - 1, i)];
       }
       next_top = i > 0 ? saved_state(i - 1, column) : acc_t(0);
-      if (column + 1 == columns && j + 1 < p.width)
-        next_right = right_adjoint[(block_base * p.height + i) * 32 +
-                                   lane.lane];
+      if (column + 1 == columns && j + 1 < p.width) {
+        if (kInFlight && (p.height - 1 - i) % kWavefrontProgressRows == 0) {
+          wait_for_rows(handover_progress(p, tile, lane.sequence),
+                        min(p.height - i - 1 + kWavefrontProgressRows,
+                            p.height));
+        }
+        next_right =
+            __ldcg(right_adjoint +
+                   right_adjoint_index<kInFlight>(p, lane, tile, i));
+      }
     };
     fetch(p.height - 1 + lag);
     for (int step = 0; step < steps; ++step) {
@@ -333,9 +451,13 @@ __global__ void __launch_bounds__(kWavefrontMaxTileWidth * 32)
         const acc_t to_left = px.has_left ? scaled * px.a_l : acc_t(0);
         from_below = px.has_top ? scaled * px.a_t : acc_t(0);
         exchange[step & 1][column][lane.lane] = to_left;
-        if (column == 0 && tile > 0)
-          right_adjoint[(block_base * p.height + i) * 32 + lane.lane] =
+        if (column == 0 && tile > 0) {
+          right_adjoint[right_adjoint_index<kInFlight>(p, lane, tile - 1, i)] =
               to_left;
+          const int rows = p.height - i;
+          if (kInFlight && (rows % kWavefrontProgressRows == 0 || i == 0))
+            publish_rows(handover_progress(p, tile - 1, lane.sequence), rows);
+        }
 
         // Gradients of the gates (a_X) and of the inputs (u_X).
         const acc_t da_l = px.has_left ? scaled * left : acc_t(0);
@@ -381,6 +503,10 @@ __global__ void __launch_bounds__(kWavefrontMaxTileWidth * 32)
       __syncthreads();
     }
   }
+  if (kInFlight && first_thread) {
+    __threadfence();
+    atomicAdd(slot_generation(p, lane.scratch_block), 1);
+  }
   if (lane.valid) {
     const int weight = lane.channel * p.dstate + lane.state;
     atomicAdd(static_cast<acc_t *>(p.dA_t) + weight, dA_t);
@@ -399,17 +525,39 @@ __global__ void __launch_bounds__(kWavefrontMaxTileWidth * 32)
 
 template <typename T>
 void wavefront_scan_launch(const WavefrontScanParams &params, bool backward) {
-  const dim3 grid(params.num_groups, params.batch);
+  const dim3 grid = params.tile_sync
+                        ? dim3(params.num_groups * params.batch *
+                               params.num_tiles)
+                        : dim3(params.num_groups, params.batch);
   const dim3 block(32, params.tile_width);
   const auto stream = at::cuda::getCurrentCUDAStream();
-  if (backward) {
-    wavefront_bwd_kernel<T><<<grid, block, 0, stream>>>(params);
-  } else if (params.tile_width <= kWavefrontNarrowTileWidth) {
-    wavefront_fwd_kernel<T, true><<<grid, block, 0, stream>>>(params);
+  const bool narrow = params.tile_width <= kWavefrontNarrowTileWidth;
+  if (params.tile_sync) {
+    if (backward) {
+      wavefront_bwd_kernel<T, true><<<grid, block, 0, stream>>>(params);
+    } else if (narrow) {
+      wavefront_fwd_kernel<T, true, true><<<grid, block, 0, stream>>>(params);
+    } else {
+      wavefront_fwd_kernel<T, false, true><<<grid, block, 0, stream>>>(params);
+    }
+  } else if (backward) {
+    wavefront_bwd_kernel<T, false><<<grid, block, 0, stream>>>(params);
+  } else if (narrow) {
+    wavefront_fwd_kernel<T, true, false><<<grid, block, 0, stream>>>(params);
   } else {
-    wavefront_fwd_kernel<T, false><<<grid, block, 0, stream>>>(params);
+    wavefront_fwd_kernel<T, false, false><<<grid, block, 0, stream>>>(params);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+int wavefront_backward_resident_blocks(const WavefrontScanParams &params) {
+  int blocks_per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &blocks_per_sm, wavefront_bwd_kernel<T, true>, 32 * params.tile_width,
+      0));
+  return blocks_per_sm *
+         at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
 }
 
 }  // namespace mmssm

@@ -7,4 +7,6 @@
 namespace mmssm {
 template void wavefront_scan_launch<c10::Half>(
     const WavefrontScanParams &, bool);
+template int wavefront_backward_resident_blocks<c10::Half>(
+    const WavefrontScanParams &);
 }  // namespace mmssm

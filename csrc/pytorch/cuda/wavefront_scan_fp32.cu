@@ -7,4 +7,6 @@
 namespace mmssm {
 template void wavefront_scan_launch<float>(
     const WavefrontScanParams &, bool);
+template int wavefront_backward_resident_blocks<float>(
+    const WavefrontScanParams &);
 }  // namespace mmssm

@@ -7,4 +7,6 @@
 namespace mmssm {
 template void wavefront_scan_launch<double>(
     const WavefrontScanParams &, bool);
+template int wavefront_backward_resident_blocks<double>(
+    const WavefrontScanParams &);
 }  // namespace mmssm

@@ -13,7 +13,8 @@
 // vector atomics). The fast-math intrinsics are the C library's functions.
 //
 // What it does not show: timing, races between blocks, and anything that
-// depends on the GPU's scheduling within a warp beyond the shuffles.
+// depends on the GPU's scheduling within a warp beyond the shuffles. Blocks
+// that wait for blocks launched before them never wait here.
 #pragma once
 
 #include <algorithm>
@@ -231,6 +232,22 @@ T atomicAdd(T *address, T value) {
   const T old = *address;
   *address = old + value;
   return old;
+}
+
+inline int atomicExch(int *address, int value) {
+  std::lock_guard<std::mutex> guard(cuda_emulator::atomic_mutex);
+  const int old = *address;
+  *address = value;
+  return old;
+}
+
+// Blocks run one after another, so another block's stores are complete and
+// visible before a block starts.
+inline void __threadfence() {}
+
+template <typename T>
+T __ldcg(const T *address) {
+  return *address;
 }
 
 #define TORCH_CHECK(condition, ...)                                    \

@@ -11,9 +11,11 @@
 namespace {
 
 // The shape and options of a call, as the C++ entry point reads them.
+// tiles_in_flight: one block per tile (wavefront_scan_params.h), with
+// num_slots backward scratch slots.
 struct WavefrontCall {
   int batch, height, width, channels, dstate, tile_width;
-  int delta_softplus, origin_br;
+  int delta_softplus, origin_br, tiles_in_flight, num_slots;
 };
 
 // tensors: x, delta_t, delta_l, A_t, A_l, B_t, B_l, C, D, delta_bias_t,
@@ -52,11 +54,21 @@ void run(bool backward, const WavefrontCall &call, void *const *tensors) {
   p.out = t[11];
   p.boundary = t[12];
   // Scratch the kernels must write before they read: filled with NaN.
-  const size_t rows = static_cast<size_t>(call.batch) * p.num_groups *
-                      call.height;
+  const size_t sequences = static_cast<size_t>(call.batch) * p.num_groups;
+  size_t scratch_blocks = sequences, adjoint_columns = 1;
+  std::vector<int> tile_sync;
+  if (call.tiles_in_flight) {
+    p.num_slots = backward ? call.num_slots : 0;
+    scratch_blocks = call.num_slots;
+    adjoint_columns = p.num_tiles - 1;
+    tile_sync.assign(1 + (p.num_tiles - 1) * sequences + p.num_slots, 0);
+    p.tile_sync = tile_sync.data();
+  }
   const T nan = std::numeric_limits<T>::quiet_NaN();
-  std::vector<T> scratch(rows * p.tile_width * 32, nan);
-  std::vector<T> right_adjoint(rows * 32, nan);
+  std::vector<T> scratch(scratch_blocks * call.height * p.tile_width * 32,
+                         nan);
+  std::vector<T> right_adjoint(
+      adjoint_columns * sequences * call.height * 32, nan);
   if (backward) {
     p.dout = t[13];
     p.dx = t[14];

@@ -7,6 +7,7 @@
 namespace cuda_emulator {
 struct DeviceProperties {
   int sharedMemPerBlockOptin = 232448;  // an H100's
+  int multiProcessorCount = 132;
 };
 inline DeviceProperties device_properties;
 }  // namespace cuda_emulator
