@@ -132,6 +132,15 @@ __device__ __forceinline__ void wait_for_rows(const int *progress, int rows) {
   __threadfence();
 }
 
+// Loads a value of a hand-over column: through L2 where another block may
+// have written it while this one runs (L1 is not coherent between SMs),
+// else as any load (through L2 the tiles-in-turn backward kernel spilled).
+template <bool kFromRunningBlock, typename acc_t>
+__device__ __forceinline__ acc_t load_handover(const acc_t *address) {
+  if (kFromRunningBlock) return __ldcg(address);
+  return *address;
+}
+
 // The (channel, state) pair of this thread and its weights.
 template <typename acc_t>
 struct WavefrontLane {
@@ -294,8 +303,9 @@ __device__ void wavefront_forward_tile(const WavefrontScanParams &p,
         wait_for_rows(handover_progress(p, tile - 1, lane.sequence),
                       min(i + kWavefrontProgressRows, p.height));
       }
-      next_left = __ldcg(static_cast<const acc_t *>(p.boundary) +
-                         boundary_index(p, lane, tile - 1, i));
+      next_left = load_handover<kWriteOutput && kInFlight>(
+          static_cast<const acc_t *>(p.boundary) +
+          boundary_index(p, lane, tile - 1, i));
     }
   };
   if (kPrefetch) fetch(-column);
@@ -423,8 +433,9 @@ __global__ void __launch_bounds__(kWavefrontMaxTileWidth * 32)
                             p.height));
         }
         next_right =
-            __ldcg(right_adjoint +
-                   right_adjoint_index<kInFlight>(p, lane, tile, i));
+            load_handover<kInFlight>(right_adjoint +
+                                     right_adjoint_index<kInFlight>(
+                                         p, lane, tile, i));
       }
     };
     fetch(p.height - 1 + lag);
