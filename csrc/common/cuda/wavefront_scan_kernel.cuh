@@ -57,6 +57,31 @@ __device__ __forceinline__ acc_t sum_over_states(acc_t value, int lanes) {
   return value;
 }
 
+// Sums a, b and c over the lanes of one channel (lanes >= 4, a power of
+// two) in five shuffles rather than twelve (at 16 lanes), leaving them
+// scattered: the lanes of states [0, lanes / 4) get the sum of a, those of
+// [lanes / 4, lanes / 2) that of b, those of [lanes / 2, 3 lanes / 4) that
+// of c. Each step halves what a lane holds: the lower half of the lanes
+// keeps (a, b) and sends (c, 0), then the lower quarter of each half keeps
+// the first value, then the rest is a plain butterfly.
+template <typename acc_t>
+__device__ __forceinline__ acc_t sum_three_over_states(acc_t a, acc_t b,
+                                                       acc_t c, int lanes,
+                                                       int state) {
+  const int half = lanes >> 1, quarter = lanes >> 2;
+  const bool upper_half = state & half;
+  acc_t first = upper_half ? c : a, second = upper_half ? acc_t(0) : b;
+  first += __shfl_xor_sync(0xffffffffu, upper_half ? a : c, half);
+  second += __shfl_xor_sync(0xffffffffu, upper_half ? b : acc_t(0), half);
+  const bool upper_quarter = state & quarter;
+  acc_t value = upper_quarter ? second : first;
+  value += __shfl_xor_sync(0xffffffffu, upper_quarter ? first : second,
+                           quarter);
+  for (int offset = quarter >> 1; offset > 0; offset >>= 1)
+    value += __shfl_xor_sync(0xffffffffu, value, offset);
+  return value;
+}
+
 // Sum over the channels of a warp: afterwards lane n (< lanes) holds the
 // sum of state n over the warp's channels.
 template <typename acc_t>
@@ -359,14 +384,15 @@ __device__ void wavefront_forward_tile(const WavefrontScanParams &p,
 template <typename T, bool kNarrowTiles, bool kInFlight>
 __global__ void __launch_bounds__(
     (kNarrowTiles ? kWavefrontNarrowTileWidth : kWavefrontMaxTileWidth) * 32,
-    kNarrowTiles ? 4 : 1) wavefront_fwd_kernel(WavefrontScanParams p) {
+    kNarrowTiles ? (kInFlight ? 2 : 4) : 1)
+    wavefront_fwd_kernel(WavefrontScanParams p) {
   using acc_t = typename AccumType<T>::type;
   __shared__ acc_t exchange[2][kWavefrontMaxTileWidth][32];
   const WavefrontTask<kInFlight> task(p, false);
   const WavefrontLane<acc_t> lane(p, task);
   for (int tile = task.first_tile; tile <= task.last_tile; ++tile)
-    wavefront_forward_tile<T, acc_t, true, !kNarrowTiles, kInFlight>(
-        p, lane, tile, exchange);
+    wavefront_forward_tile<T, acc_t, true, !kNarrowTiles || kInFlight,
+                           kInFlight>(p, lane, tile, exchange);
 }
 
 template <typename T, bool kInFlight>
@@ -393,6 +419,15 @@ __global__ void __launch_bounds__(kWavefrontMaxTileWidth * 32)
   }
   acc_t dA_t = acc_t(0), dA_l = acc_t(0), dD = acc_t(0);
   acc_t dbias_t = acc_t(0), dbias_l = acc_t(0);
+  // With four or more lanes per channel the per-channel sums of a pixel are
+  // scattered (sum_three_over_states): the first lane of each quarter of
+  // the channel's lanes, of role 0, 1 and 2, stores the gradient of
+  // delta_l, delta_t and x (role 3 holds nothing).
+  const bool scattered = p.lanes_per_channel >= 4;
+  const int quarter = p.lanes_per_channel >> 2;
+  const int role = scattered ? lane.state / quarter : 0;
+  const bool stores =
+      scattered && lane.valid && role < 3 && lane.state % quarter == 0;
 
   for (int tile = task.last_tile; tile >= task.first_tile; --tile) {
     wavefront_forward_tile<T, acc_t, false, true, kInFlight>(p, lane, tile,
@@ -477,15 +512,9 @@ __global__ void __launch_bounds__(kWavefrontMaxTileWidth * 32)
         const acc_t du_t = px.has_top ? scaled : acc_t(0);
         dA_l += da_l * px.a_l * px.dl;
         dA_t += da_t * px.a_t * px.dt;
-        const acc_t ddl = sum_over_states(
-            da_l * px.a_l * lane.A_l + du_l * px.b_l * px.x,
-            p.lanes_per_channel);
-        const acc_t ddt = sum_over_states(
-            da_t * px.a_t * lane.A_t + du_t * px.b_t * px.x,
-            p.lanes_per_channel);
-        const acc_t dx = sum_over_states(
-            du_l * px.dl * px.b_l + du_t * px.dt * px.b_t,
-            p.lanes_per_channel);
+        const acc_t ddl_part = da_l * px.a_l * lane.A_l + du_l * px.b_l * px.x;
+        const acc_t ddt_part = da_t * px.a_t * lane.A_t + du_t * px.b_t * px.x;
+        const acc_t dx_part = du_l * px.dl * px.b_l + du_t * px.dt * px.b_t;
         const acc_t dB_l = sum_over_channels(du_l * px.dl * px.x,
                                              p.lanes_per_channel);
         const acc_t dB_t = sum_over_channels(du_t * px.dt * px.x,
@@ -497,18 +526,40 @@ __global__ void __launch_bounds__(kWavefrontMaxTileWidth * 32)
           atomicAdd(static_cast<acc_t *>(p.dB_t) + state, dB_t);
           atomicAdd(static_cast<acc_t *>(p.dC) + state, dC);
         }
-        if (lane.valid && lane.state == 0) {
-          const long long feature = px.pixel * p.channels + lane.channel;
-          const acc_t grad_l =
-              p.delta_softplus ? ddl * sigmoid_acc(px.pre_l) : ddl;
-          const acc_t grad_t =
-              p.delta_softplus ? ddt * sigmoid_acc(px.pre_t) : ddt;
-          static_cast<T *>(p.dx)[feature] = from_acc<T>(dx + lane.D * dy);
-          static_cast<T *>(p.ddelta_l)[feature] = from_acc<T>(grad_l);
-          static_cast<T *>(p.ddelta_t)[feature] = from_acc<T>(grad_t);
-          dD += dy * px.x;
-          dbias_l += grad_l;
-          dbias_t += grad_t;
+        const long long feature = px.pixel * p.channels + lane.channel;
+        if (scattered) {
+          const acc_t sum = sum_three_over_states(
+              ddl_part, ddt_part, dx_part, p.lanes_per_channel, lane.state);
+          if (stores) {
+            acc_t grad = sum;
+            if (role == 2) {
+              grad += lane.D * dy;
+              dD += dy * px.x;
+            } else if (p.delta_softplus) {
+              grad *= sigmoid_acc(role == 0 ? px.pre_l : px.pre_t);
+            }
+            if (role == 0) dbias_l += grad;
+            if (role == 1) dbias_t += grad;
+            void *out = role == 0 ? p.ddelta_l
+                                  : (role == 1 ? p.ddelta_t : p.dx);
+            static_cast<T *>(out)[feature] = from_acc<T>(grad);
+          }
+        } else {
+          const acc_t ddl = sum_over_states(ddl_part, p.lanes_per_channel);
+          const acc_t ddt = sum_over_states(ddt_part, p.lanes_per_channel);
+          const acc_t dx = sum_over_states(dx_part, p.lanes_per_channel);
+          if (lane.valid && lane.state == 0) {
+            const acc_t grad_l =
+                p.delta_softplus ? ddl * sigmoid_acc(px.pre_l) : ddl;
+            const acc_t grad_t =
+                p.delta_softplus ? ddt * sigmoid_acc(px.pre_t) : ddt;
+            static_cast<T *>(p.dx)[feature] = from_acc<T>(dx + lane.D * dy);
+            static_cast<T *>(p.ddelta_l)[feature] = from_acc<T>(grad_l);
+            static_cast<T *>(p.ddelta_t)[feature] = from_acc<T>(grad_t);
+            dD += dy * px.x;
+            dbias_l += grad_l;
+            dbias_t += grad_t;
+          }
         }
       }
       __syncthreads();
@@ -518,6 +569,10 @@ __global__ void __launch_bounds__(kWavefrontMaxTileWidth * 32)
     __threadfence();
     atomicAdd(slot_generation(p, lane.scratch_block), 1);
   }
+  // The per-channel sums sit in the lanes of their roles.
+  dD = sum_over_states(dD, p.lanes_per_channel);
+  dbias_l = sum_over_states(dbias_l, p.lanes_per_channel);
+  dbias_t = sum_over_states(dbias_t, p.lanes_per_channel);
   if (lane.valid) {
     const int weight = lane.channel * p.dstate + lane.state;
     atomicAdd(static_cast<acc_t *>(p.dA_t) + weight, dA_t);
