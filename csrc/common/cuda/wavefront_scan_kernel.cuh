@@ -21,9 +21,10 @@
 // A warp's pixel at the next step is known in advance (the next row of its
 // column), so each step can issue the loads of the next one before it
 // computes: their latency then overlaps the step's work and its barrier
-// instead of stalling the whole block once per step. The backward pass and
-// the forward pass of few blocks do; the forward pass of many blocks (narrow
-// tiles) hides the latency with other blocks and keeps its registers.
+// instead of stalling the whole block once per step. The backward pass, the
+// forward pass of wide tiles and that of tiles in flight do; the forward
+// pass of narrow tiles in turn (many blocks) hides the latency with other
+// blocks and keeps its registers.
 //
 // Backward, one launch: the tiles run right to left; each tile's states are
 // recomputed from its saved left boundary into a tile-sized scratch, then the
@@ -376,11 +377,13 @@ __device__ void wavefront_forward_tile(const WavefrontScanParams &p,
   }
 }
 
-// Narrow tiles (many blocks) load each step's inputs when it comes and run
-// four blocks per SM (with loads in flight they took 42 registers, ran three
-// blocks per SM and were 11% slower at Mamba2D-T stage 1 224², batch 64);
-// wide tiles (few blocks, one per SM) prefetch. kInFlight: one tile per
-// block (params.tile_sync set).
+// Narrow tiles in turn (many blocks) load each step's inputs when it comes
+// and run four blocks per SM (with loads in flight they took 42 registers,
+// ran three blocks per SM and were 11% slower at Mamba2D-T stage 1 224²,
+// batch 64); wide tiles (one block per SM) prefetch. kInFlight: one tile
+// per block (params.tile_sync set); narrow tiles in flight prefetch at two
+// blocks per SM (15% faster at Mamba2D-T stage 1 1280x800, batch 2, whose
+// time is the chain of tiles).
 template <typename T, bool kNarrowTiles, bool kInFlight>
 __global__ void __launch_bounds__(
     (kNarrowTiles ? kWavefrontNarrowTileWidth : kWavefrontMaxTileWidth) * 32,
