@@ -122,24 +122,32 @@ std::vector<int64_t> boundary_shape(const WavefrontScanParams &params) {
           params.height, 32};
 }
 
-void launch_wavefront(const WavefrontScanParams &params, at::ScalarType dtype,
-                      bool backward) {
+// Calls fn(T{}) with the element type T of dtype.
+template <typename Fn>
+void with_element_type(at::ScalarType dtype, Fn &&fn) {
   switch (dtype) {
     case at::kFloat:
-      wavefront_scan_launch<float>(params, backward);
+      fn(float{});
       break;
     case at::kHalf:
-      wavefront_scan_launch<c10::Half>(params, backward);
+      fn(c10::Half{});
       break;
     case at::kBFloat16:
-      wavefront_scan_launch<c10::BFloat16>(params, backward);
+      fn(c10::BFloat16{});
       break;
     case at::kDouble:
-      wavefront_scan_launch<double>(params, backward);
+      fn(double{});
       break;
     default:
       TORCH_CHECK(false, "wavefront scan: unsupported dtype ", dtype);
   }
+}
+
+void launch_wavefront(const WavefrontScanParams &params, at::ScalarType dtype,
+                      bool backward) {
+  with_element_type(dtype, [&](auto type) {
+    wavefront_scan_launch<decltype(type)>(params, backward);
+  });
 }
 
 }  // namespace
@@ -195,19 +203,9 @@ std::vector<at::Tensor> wavefront_scan_backward(
   at::Tensor tile_sync;
   if (tiles_in_flight && params.num_tiles > 1) {
     int64_t resident = 0;
-    switch (dtype) {
-      case at::kFloat:
-        resident = wavefront_backward_resident_blocks<float>(params);
-        break;
-      case at::kHalf:
-        resident = wavefront_backward_resident_blocks<c10::Half>(params);
-        break;
-      case at::kBFloat16:
-        resident = wavefront_backward_resident_blocks<c10::BFloat16>(params);
-        break;
-      default:
-        resident = wavefront_backward_resident_blocks<double>(params);
-    }
+    with_element_type(dtype, [&](auto type) {
+      resident = wavefront_backward_resident_blocks<decltype(type)>(params);
+    });
     TORCH_CHECK(resident > 0, "wavefront scan: the backward kernel cannot "
                 "run a block of ", params.tile_width, " warps on this device");
     params.num_slots = static_cast<int>(

@@ -147,13 +147,17 @@ __device__ __forceinline__ void publish_rows(int *progress, int rows) {
   if (threadIdx.x == 0) atomicExch(progress, rows);
 }
 
+// One thread: spins until another block has raised `counter` to `value`.
+__device__ __forceinline__ void spin_until_at_least(const int *counter,
+                                                    int value) {
+  while (*reinterpret_cast<const volatile int *>(counter) < value) {
+  }
+}
+
 // A whole warp, before it loads rows of a hand-over column: waits until
 // `rows` of them are published (loads go through L2, __ldcg).
 __device__ __forceinline__ void wait_for_rows(const int *progress, int rows) {
-  if (threadIdx.x == 0) {
-    while (*reinterpret_cast<const volatile int *>(progress) < rows) {
-    }
-  }
+  if (threadIdx.x == 0) spin_until_at_least(progress, rows);
   __syncwarp();
   __threadfence();
 }
@@ -412,12 +416,9 @@ __global__ void __launch_bounds__(kWavefrontMaxTileWidth * 32)
   if (kInFlight) {
     // The slot's previous holder got its ticket earlier, so it is running
     // or done; it releases the slot when it has read its last state.
-    if (first_thread) {
-      const volatile int *generation =
-          slot_generation(p, lane.scratch_block);
-      while (*generation < task.ticket / p.num_slots) {
-      }
-    }
+    if (first_thread)
+      spin_until_at_least(slot_generation(p, lane.scratch_block),
+                          task.ticket / p.num_slots);
     __syncthreads();
   }
   acc_t dA_t = acc_t(0), dA_l = acc_t(0), dD = acc_t(0);

@@ -57,7 +57,7 @@ void run(bool backward, const WavefrontCall &call, void *const *tensors) {
   const size_t sequences = static_cast<size_t>(call.batch) * p.num_groups;
   size_t scratch_blocks = sequences, adjoint_columns = 1;
   std::vector<int> tile_sync;
-  if (call.tiles_in_flight) {
+  if (call.tiles_in_flight && p.num_tiles > 1) {  // as wavefront_scan.cpp
     p.num_slots = backward ? call.num_slots : 0;
     scratch_blocks = call.num_slots;
     adjoint_columns = p.num_tiles - 1;
