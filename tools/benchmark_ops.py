@@ -6,7 +6,10 @@ repeats; the backward pass returns fresh input gradients, as it does for a
 layer's activations, rather than adding them into ``.grad``), reads the peak
 memory of forward + backward, and relates the forward's essential traffic
 (each input read once, each output written once) to the bandwidth of a
-measured device-to-device copy. Prints a markdown table.
+measured device-to-device copy. Prints a markdown table with, for the cases
+of the bar in the operator issue, the authors' kernels' times on the GPU
+machine's H100 and mmssm's speed-up over them, and for every compiled op its
+speed-up over its PyTorch path.
 
 Usage:
     python tools/benchmark_ops.py [--repeats 20] [--ops selective_scan ...]
@@ -17,7 +20,7 @@ import contextlib
 import math
 import os
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -30,14 +33,33 @@ from mmssm.ops.dispatch import FORCE_PYTORCH_ENV
 
 @dataclass
 class Case:
-    """One benchmarked call: a name, an input factory, its byte count and
-    the CUDA autocast dtype it runs under (None: no autocast)."""
+    """One benchmarked call: a name, an input factory, its byte count, the
+    CUDA autocast dtype it runs under (None: no autocast) and, where the
+    operator issue gives one, the authors' forward and forward + backward
+    milliseconds at this shape (None: no bar)."""
     op: str
     name: str
     make_inputs: Callable[[], Dict[str, torch.Tensor]]
     kwargs: dict
     essential_bytes: int
     autocast: Optional[torch.dtype] = None
+    authors_ms: Optional[Tuple[float, float]] = None
+
+
+def with_bar(case: Case, forward_ms: float,
+             forward_backward_ms: float) -> Case:
+    """The case with the authors' times at its shape.
+
+    Args:
+        case: A benchmarked call.
+        forward_ms: The authors' forward at that shape (the operator issue's
+            bar, measured with their kernels on the GPU machine's H100).
+        forward_backward_ms: Their forward + backward there.
+
+    Returns:
+        A copy of ``case`` that carries the bar.
+    """
+    return replace(case, authors_ms=(forward_ms, forward_backward_ms))
 
 
 def element_bytes(dtype: torch.dtype) -> int:
@@ -228,28 +250,34 @@ def norm_case(op: str, name: str, shape: Tuple[int, ...],
 def benchmark_cases() -> List[Case]:
     bf16, fp16 = torch.bfloat16, torch.float16
     return [
-        selective_scan_case('Vim-S layer 224² b64 (E=768, L=197, N=16)', 64,
-                            768, 197, 16, bf16),
-        selective_scan_case('Vim-S layer 1024² b8 (E=768, L=4097, N=16)', 8,
-                            768, 4097, 16, bf16),
+        with_bar(selective_scan_case(
+            'Vim-S layer 224² b64 (E=768, L=197, N=16)',
+            64, 768, 197, 16, bf16), 0.506, 1.97),
+        with_bar(selective_scan_case(
+            'Vim-S layer 1024² b8 (E=768, L=4097, N=16)',
+            8, 768, 4097, 16, bf16), 1.13, 5.28),
         selective_scan_case('Vim-T layer 224² b64 (E=384, L=197, N=16)', 64,
                             384, 197, 16, bf16),
-        cross_scan_case('VMamba-T stage 1 224² b64 (D=96, 56×56, N=1)', 64,
-                        96, 56, 56, 1, fp16),
+        with_bar(cross_scan_case(
+            'VMamba-T stage 1 224² b64 (D=96, 56×56, N=1)',
+            64, 96, 56, 56, 1, fp16), 1.16, 3.24),
         cross_scan_case('VMamba-T stage 2 224² b64 (D=192, 28×28, N=1)', 64,
                         192, 28, 28, 1, fp16),
         cross_scan_case('VMamba-T stage 3 224² b64 (D=384, 14×14, N=1)', 64,
                         384, 14, 14, 1, fp16),
-        cross_scan_case('VMamba-T stage 1 1280×800 b2 (D=96, 200×320, N=1)',
-                        2, 96, 200, 320, 1, fp16),
+        with_bar(cross_scan_case(
+            'VMamba-T stage 1 1280×800 b2 (D=96, 200×320, N=1)',
+            2, 96, 200, 320, 1, fp16), 0.74, 2.06),
         cross_scan_case('VMamba-T stage 2 1280×800 b2 (D=192, 100×160, N=1)',
                         2, 192, 100, 160, 1, fp16),
         cross_scan_case('VMamba-S stage 1 1333×800 b2 (D=96, 200×334, N=1)',
                         2, 96, 200, 334, 1, fp16),
-        wavefront_case('Mamba2D-T stage 1 224² b64 (E=64, 56×56, N=16)', 64,
-                       64, 56, 56, 16, bf16),
-        wavefront_case('Mamba2D-T stage 1 1280×800 b2 (E=64, 200×320, N=16)',
-                       2, 64, 200, 320, 16, bf16),
+        with_bar(wavefront_case(
+            'Mamba2D-T stage 1 224² b64 (E=64, 56×56, N=16)',
+            64, 64, 56, 56, 16, bf16), 6.04, 20.9),
+        with_bar(wavefront_case(
+            'Mamba2D-T stage 1 1280×800 b2 (E=64, 200×320, N=16)',
+            2, 64, 200, 320, 16, bf16), 6.14, 19.8),
         wavefront_case('Mamba2D-T stage 2 224² b64 (E=128, 28×28, N=16)', 64,
                        128, 28, 28, 16, bf16),
         v2m_pass_case('V2M-S* stage 1 224² b64 row pass (D=96, 56×56, N=1)',
@@ -372,6 +400,21 @@ def run_case(case: Case, pytorch_path: bool, repeats: int) -> Dict[str, float]:
         torch.cuda.empty_cache()
 
 
+def speedup(baseline_ms: float, measured_ms: float) -> str:
+    """How many times faster the measured time is than the baseline.
+
+    Args:
+        baseline_ms: The slower path's (authors', PyTorch's) time.
+        measured_ms: The compiled op's time.
+
+    Returns:
+        ``baseline_ms / measured_ms`` as e.g. ``'2.31×'``, or ``'—'`` where
+        either time is missing (NaN: out of memory).
+    """
+    ratio = baseline_ms / measured_ms
+    return '—' if math.isnan(ratio) else f'{ratio:.2f}×'
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--repeats', type=int, default=20)
@@ -389,19 +432,32 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(f'GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, '
           f'device-to-device copy {copy_gbs:.0f} GB/s')
     header = ('| op | case | path | fwd ms | fwd+bwd ms | peak MiB | '
-              'fwd GB/s | fwd % of copy |')
-    rows = [header, '|' + ' --- |' * 8]
+              'fwd GB/s | fwd % of copy | authors fwd / fwd+bwd ms | '
+              'fwd+bwd × authors | fwd+bwd × pytorch |')
+    rows = [header, '|' + ' --- |' * 11]
     for case in benchmark_cases():
         if case.op not in args.ops:
             continue
-        paths = ['cuda'] if args.skip_pytorch else ['cuda', 'pytorch']
+        paths = ['cuda'] if args.skip_pytorch else ['pytorch', 'cuda']
+        results = {}
         for path in paths:
-            result = run_case(case, path == 'pytorch', args.repeats)
+            results[path] = run_case(case, path == 'pytorch', args.repeats)
+        # The compiled op's row first, with its speed-ups.
+        for path in reversed(paths):
+            result = results[path]
             gbs = case.essential_bytes / result['fwd'] / 1e6
+            authors = over_authors = over_pytorch = '—'
+            if path == 'cuda' and case.authors_ms is not None:
+                authors = f'{case.authors_ms[0]} / {case.authors_ms[1]}'
+                over_authors = speedup(case.authors_ms[1], result['fwd_bwd'])
+            if path == 'cuda' and 'pytorch' in results:
+                over_pytorch = speedup(results['pytorch']['fwd_bwd'],
+                                       result['fwd_bwd'])
             rows.append(
                 f'| {case.op} | {case.name} | {path} | {result["fwd"]:.3f} | '
                 f'{result["fwd_bwd"]:.3f} | {result["peak_mib"]:.0f} | '
-                f'{gbs:.0f} | {100 * gbs / copy_gbs:.0f}% |')
+                f'{gbs:.0f} | {100 * gbs / copy_gbs:.0f}% | {authors} | '
+                f'{over_authors} | {over_pytorch} |')
             print(rows[-1], flush=True)
     print('\n'.join(rows))
 
