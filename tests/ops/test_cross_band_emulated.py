@@ -38,6 +38,9 @@ def assert_matches_reference(library, inputs, dtype, delta_softplus):
     [
         (17, 19),  # row bands of 13 rows, column bands of 8, 8 and 3
         (16, 40),  # vector runs: row bands of 6 rows, column bands of 16
+        (24, 20),  # vector row bands of 12 rows (runs span two rows),
+        # column bands of 8, 8 and 4 columns, single accesses
+        (60, 6),  # row bands of 42 (252 pixels) and 18 rows, single accesses
         (40, 8),  # column bands of 6 and 2 columns, single accesses
         (2, 200),  # bands of one row; column bands of 128 and 72, vector
         (200, 2),  # bands of one column

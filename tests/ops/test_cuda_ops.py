@@ -373,11 +373,13 @@ def assert_cross_kernels_match_pytorch_path(
 
 @pytest.mark.cuda
 @pytest.mark.parametrize('dtype', ALL_DTYPES)
-@pytest.mark.parametrize('height,width', [(67, 71), (70, 64)])
+@pytest.mark.parametrize('height,width', [(67, 71), (70, 64), (70, 60)])
 def test_cross_scan_bands_match_reference(dtype, height, width):
     # Maps over 4096 pixels walk in bands: 67 x 71 in row bands of 57 rows
     # and column bands of 56 columns, single accesses; 70 x 64 in row bands
-    # of 64 rows and column bands of 56, vector accesses.
+    # of 64 rows and column bands of 56, vector accesses; 70 x 60 in row
+    # bands of 68 rows with vector runs that span two rows, and column bands
+    # of 56 columns with single accesses.
     inputs = cross_inputs(2, 3, height, width, 1)
     errors = errors_against_reference(
         inputs, cuda_ops.cross_selective_scan_cuda,
@@ -402,6 +404,7 @@ def test_cross_scan_bands_without_softplus_match_reference():
     (1, 2, 200, 320, None),  # VMamba stage 1 at 1280x800: 17 + 20 bands
     (1, 2, 200, 320, 20.0),  # every band's decay underflows
     (1, 2, 200, 320, -6.0),  # steps of 0.0025: states run across bands
+    (1, 2, 200, 334, None),  # 1333x800: vector rows, single-access columns
     (2, 3, 130, 72, None),  # bands of 56 rows and of 24 columns
     (1, 1, 4096, 3, None),  # bands of one column
     (1, 1, 3, 4096, None),  # bands of one row

@@ -308,8 +308,8 @@ def test_v2m_planes_options(variable, merge_corners):
 @pytest.mark.parametrize('height,width', [(67, 71), (200, 320), (200, 334)])
 def test_v2m_row_pass_in_bands_matches_reference(dtype, height, width):
     # The row pass on maps of over 4096 pixels in bands of whole rows: 57
-    # rows (67 x 71), 12 rows of 320 (V2M-S* stage 1 at 1280 x 800, vector
-    # runs) and of 334 (1333 x 800, single accesses).
+    # rows (67 x 71, single accesses), 12 rows of 320 (V2M-S* stage 1 at
+    # 1280 x 800) and of 334 (1333 x 800: vector runs that span two rows).
     assert cuda_ops._v2m_uses_planes(height, width, False, 1, False, dtype,
                                      torch.device('cuda'))
     inputs = mixer_pass_inputs(1, 3, height, width, 'row')

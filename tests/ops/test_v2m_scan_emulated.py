@@ -190,6 +190,8 @@ def small_band_library(tmp_path_factory):
     [
         (17, 19),  # bands of 13 and 4 rows, single accesses
         (16, 40),  # vector runs: bands of 6, 6 and 4 rows
+        (24, 20),  # vector runs spanning two rows: bands of 12 rows
+        (60, 6),  # bands of 42 (252 pixels) and 18 rows, single accesses
         (2, 200),  # bands of one row
         (200, 2),  # bands of 128 and 72 rows of 2 pixels
     ])

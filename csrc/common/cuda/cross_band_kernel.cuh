@@ -301,69 +301,83 @@ __global__ void cross_band_carry_kernel(CrossScanParams p) {
   }
 }
 
-// Whether the banded kernels take vector accesses: as cross_plane_vector,
-// and every band's runs of kCrossPlaneItems pixels in one row of the map,
-// starting 16-byte aligned (the width and the bands' columns multiples of
-// kCrossPlaneItems).
-inline bool cross_band_vector(const CrossScanParams &p) {
-  return cross_plane_vector(p) && p.width % kCrossPlaneItems == 0 &&
-         p.band_cols % kCrossPlaneItems == 0 &&
+// Whether the row bands' kernels take vector accesses: as
+// cross_plane_vector, and every row band starting 16-byte aligned (its
+// first pixel, band_rows * width times its index, a multiple of
+// kCrossPlaneItems). A row band's walks run through its pixels in memory
+// order, so a run may span two rows: maps whose width is not a multiple of
+// kCrossPlaneItems (200 x 334 at 1333 x 800: bands of 12 rows, 4008 pixels)
+// keep vector rows.
+inline bool cross_band_row_vector(const CrossScanParams &p) {
+  return cross_plane_vector(p) &&
+         p.band_rows * p.width % kCrossPlaneItems == 0 &&
          reinterpret_cast<std::uintptr_t>(p.band_sum) % 16 == 0;
+}
+
+// Whether the column bands' kernels take vector accesses: as the row bands,
+// and every run of kCrossPlaneItems pixels in one row of the map, starting
+// 16-byte aligned (the width and the bands' columns multiples of
+// kCrossPlaneItems).
+inline bool cross_band_column_vector(const CrossScanParams &p) {
+  return cross_band_row_vector(p) && p.width % kCrossPlaneItems == 0 &&
+         p.band_cols % kCrossPlaneItems == 0;
+}
+
+// The totals kernels of a pass (kAdjoint: backward), each band's map into
+// band_totals.
+template <typename T, bool kAdjoint>
+void cross_band_totals_launch(const CrossScanParams &p, bool row_vector,
+                              bool column_vector) {
+  using acc_t = typename AccumType<T>::type;
+  const unsigned maps = static_cast<unsigned>(p.dim) * p.batch;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto row_kernel =
+      row_vector ? cross_band_row_totals_kernel<T, true, kAdjoint>
+                 : cross_band_row_totals_kernel<T, false, kAdjoint>;
+  row_kernel<<<dim3(maps, p.row_bands),
+               cross_plane_threads(p.band_rows * p.width), 0, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int col_pixels = p.height * p.band_cols;
+  const int col_bytes =
+      3 * plane_slots(plane_cover(cross_plane_threads(col_pixels))) *
+      static_cast<int>(sizeof(acc_t));
+  const auto column_kernel =
+      column_vector ? cross_band_column_totals_kernel<T, true, kAdjoint>
+                    : cross_band_column_totals_kernel<T, false, kAdjoint>;
+  cross_plane_allow_shared(p, column_kernel, col_bytes);
+  column_kernel<<<dim3(maps, p.col_bands), cross_plane_threads(col_pixels),
+                  col_bytes, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T>
 void cross_band_launch(const CrossScanParams &p, bool backward) {
   using acc_t = typename AccumType<T>::type;
-  const bool vector = cross_band_vector(p);
+  const bool row_vector = cross_band_row_vector(p);
+  const bool column_vector = cross_band_column_vector(p);
   const unsigned maps = static_cast<unsigned>(p.dim) * p.batch;
-  const int row_pixels = p.band_rows * p.width;
-  const int col_pixels = p.height * p.band_cols;
   const auto stream = at::cuda::getCurrentCUDAStream();
-  const int col_bytes =
-      3 * plane_slots(plane_cover(cross_plane_threads(col_pixels))) *
-      static_cast<int>(sizeof(acc_t));
-  auto totals = [&](auto row_kernel, auto column_kernel) {
-    row_kernel<<<dim3(maps, p.row_bands), cross_plane_threads(row_pixels), 0,
-                 stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    cross_plane_allow_shared(p, column_kernel, col_bytes);
-    column_kernel<<<dim3(maps, p.col_bands), cross_plane_threads(col_pixels),
-                    col_bytes, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  };
   constexpr int kCarryThreads = 128;
   const long long walks = static_cast<long long>(p.batch) * 4 * p.dim;
   const dim3 carry_grid(
       static_cast<unsigned>((walks + kCarryThreads - 1) / kCarryThreads));
   if (!backward) {
-    if (vector) {
-      totals(cross_band_row_totals_kernel<T, true, false>,
-             cross_band_column_totals_kernel<T, true, false>);
-    } else {
-      totals(cross_band_row_totals_kernel<T, false, false>,
-             cross_band_column_totals_kernel<T, false, false>);
-    }
+    cross_band_totals_launch<T, false>(p, row_vector, column_vector);
     cross_band_carry_kernel<acc_t, false>
         <<<carry_grid, kCarryThreads, 0, stream>>>(p);
   } else {
-    if (vector) {
-      totals(cross_band_row_totals_kernel<T, true, true>,
-             cross_band_column_totals_kernel<T, true, true>);
-    } else {
-      totals(cross_band_row_totals_kernel<T, false, true>,
-             cross_band_column_totals_kernel<T, false, true>);
-    }
+    cross_band_totals_launch<T, true>(p, row_vector, column_vector);
     cross_band_carry_kernel<acc_t, true>
         <<<carry_grid, kCarryThreads, 0, stream>>>(p);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   // The row bands first: the column bands start from their band_sum.
-  cross_plane_launch_view<T, BandView<false>>(p, backward, vector,
+  cross_plane_launch_view<T, BandView<false>>(p, backward, row_vector,
                                               dim3(maps, p.row_bands),
-                                              row_pixels);
-  cross_plane_launch_view<T, BandView<true>>(p, backward, vector,
+                                              p.band_rows * p.width);
+  cross_plane_launch_view<T, BandView<true>>(p, backward, column_vector,
                                              dim3(maps, p.col_bands),
-                                             col_pixels);
+                                             p.height * p.band_cols);
 }
 
 }  // namespace mmssm

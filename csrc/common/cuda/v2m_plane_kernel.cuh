@@ -244,14 +244,16 @@ inline void set_v2m_bands(V2MScanParams &p) {
 
 // Whether the passes take vector accesses (plane_pass_step): every run of
 // kCrossPlaneItems pixels of a band lies in consecutive, 16-byte aligned
-// pixels of the map (a whole map of a multiple of kCrossPlaneItems pixels,
-// or bands of rows of such a multiple), and every per-pixel tensor is
-// 16-byte aligned.
+// pixels of the map (the map and its bands of a multiple of
+// kCrossPlaneItems pixels; a run may span two rows, whose line starts
+// v2m_plane_line_starts marks), and every per-pixel tensor is 16-byte
+// aligned. The row pass at 1333 x 800 (200 x 334: bands of 12 rows, 4008
+// pixels) thus takes vector runs.
 inline bool v2m_plane_vector(const V2MScanParams &p) {
-  // A whole map's runs start every kCrossPlaneItems pixels of the tensor;
-  // bands start at whole rows.
-  const int period = p.bands == 1 ? p.height * p.width : p.width;
-  if (period % kCrossPlaneItems != 0) return false;
+  // A band starts every band_rows rows (the whole map is one band).
+  if (p.height * p.width % kCrossPlaneItems != 0 ||
+      p.band_rows * p.width % kCrossPlaneItems != 0)
+    return false;
   for (const void *tensor :
        {p.u, p.delta, p.var_B ? p.B : nullptr, p.var_C ? p.C : nullptr,
         p.dout, static_cast<const void *>(p.out),
