@@ -75,12 +75,6 @@ struct BandView : PlaneMapIndex {
     return kColumns + 2 * j;
   }
 
-  __device__ __forceinline__ int transposed_slot(int q) const {
-    if (q >= pixels) return plane_slot(q);
-    const int row = q / width;
-    return plane_slot((q - row * width) * height + row);
-  }
-
   // The slots of this thread's steps (from step `first`) of direction k.
   __device__ __forceinline__ void walk_slots(
       int k, int first, int (&slot)[kCrossPlaneItems]) const {

@@ -169,7 +169,7 @@ struct PlaneMapIndex {
 // over directions starts from band_sum (kAddsSum) or ends there
 // (kStoresSum) instead of in out (du), whether the block sums D's gradient
 // (kSumsDD), and whether the shared maps hold the pixels in column-major
-// slots (kTransposed, with transposed_slot(q)).
+// slots (kTransposed).
 struct PlaneView : PlaneMapIndex {
   static constexpr int kDirections = 4;
   static constexpr bool kCarried = false, kAddsSum = false,
@@ -214,6 +214,35 @@ __device__ __forceinline__ int plane_pass_step(int i) {
                  : static_cast<int>(threadIdx.x + i * blockDim.x);
 }
 
+// Calls visit(i, q, offset, row, col) for step i of this thread's share of
+// a single-access pass over a transposed view (q = threadIdx.x + i *
+// blockDim.x): the pixel's row and column in the band and its offset in the
+// map (meaningless past the band, q >= view.pixels). Stepping row and column
+// by blockDim.x costs two divisions a call; dividing q by the band's width
+// at every step made the column bands' single-access kernels (widths not a
+// multiple of kCrossPlaneItems) spend most of their instructions there.
+template <typename View, typename Visit>
+__device__ __forceinline__ void transposed_scalar_steps(const View &view,
+                                                        Visit visit) {
+  const int width = view.width;
+  const int threads = static_cast<int>(blockDim.x);
+  const int rows_per_step = threads / width;
+  const int cols_per_step = threads - rows_per_step * width;
+  int row = static_cast<int>(threadIdx.x) / width;
+  int col = static_cast<int>(threadIdx.x) - row * width;
+#pragma unroll
+  for (int i = 0; i < kCrossPlaneItems; ++i) {
+    visit(i, plane_pass_step<false>(i),
+          row * view.map_width + view.origin + col, row, col);
+    row += rows_per_step;
+    col += cols_per_step;
+    if (col >= width) {
+      col -= width;
+      ++row;
+    }
+  }
+}
+
 // Calls visit(i, q, slot) for step i of this thread's share of a pass, at
 // pixel (or step past the map) q and its shared-memory slot. A run's steps
 // share one padding count (see plane_walk_slots). A transposed view keeps
@@ -221,6 +250,13 @@ __device__ __forceinline__ int plane_pass_step(int i) {
 template <bool kVector, typename View, typename Visit>
 __device__ __forceinline__ void plane_for_each_step(const View &view,
                                                     Visit visit) {
+  if constexpr (View::kTransposed && !kVector) {
+    transposed_scalar_steps(view, [&](int i, int q, int, int row, int col) {
+      visit(i, q,
+            plane_slot(q < view.pixels ? col * view.height + row : q));
+    });
+    return;
+  }
   const int first = plane_pass_step<true>(0);
   // A run's row and column, for a transposed view with vector runs.
   const int run_row = View::kTransposed && kVector ? first / view.width : 0;
@@ -231,12 +267,10 @@ __device__ __forceinline__ void plane_for_each_step(const View &view,
     int slot;
     if constexpr (!View::kTransposed) {
       slot = kVector ? plane_slot(first) + i : plane_slot(q);
-    } else if constexpr (kVector) {
+    } else {
       slot = first < view.pixels
                  ? plane_slot((run_col + i) * view.height + run_row)
                  : plane_slot(q);
-    } else {
-      slot = view.transposed_slot(q);
     }
     visit(i, q, slot);
   }
@@ -257,6 +291,10 @@ __device__ __forceinline__ void plane_load(const T *map, const View &view,
       run = *reinterpret_cast<const PlaneRun<T> *>(map + view.offset(first));
 #pragma unroll
     for (int i = 0; i < kCrossPlaneItems; ++i) values[i] = run.values[i];
+  } else if constexpr (View::kTransposed) {
+    transposed_scalar_steps(view, [&](int i, int q, int offset, int, int) {
+      values[i] = q < view.pixels ? map[offset] : T(0);
+    });
   } else {
 #pragma unroll
     for (int i = 0; i < kCrossPlaneItems; ++i) {
@@ -277,6 +315,10 @@ __device__ __forceinline__ void plane_store(
 #pragma unroll
     for (int i = 0; i < kCrossPlaneItems; ++i) run.values[i] = values[i];
     *reinterpret_cast<PlaneRun<T> *>(map + view.offset(first)) = run;
+  } else if constexpr (View::kTransposed) {
+    transposed_scalar_steps(view, [&](int i, int q, int offset, int, int) {
+      if (q < view.pixels) map[offset] = values[i];
+    });
   } else {
 #pragma unroll
     for (int i = 0; i < kCrossPlaneItems; ++i) {
@@ -306,6 +348,10 @@ __device__ __forceinline__ void plane_atomic_add(
     for (int j = 0; j < kCrossPlaneItems / 4; ++j)
       atomicAdd(run + j, make_float4(values[4 * j], values[4 * j + 1],
                                      values[4 * j + 2], values[4 * j + 3]));
+  } else if constexpr (View::kTransposed && !kVector) {
+    transposed_scalar_steps(view, [&](int i, int q, int offset, int, int) {
+      if (q < view.pixels) atomicAdd(map + offset, values[i]);
+    });
   } else {
 #pragma unroll
     for (int i = 0; i < kCrossPlaneItems; ++i) {
