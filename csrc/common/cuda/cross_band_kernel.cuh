@@ -34,12 +34,15 @@
 
 namespace mmssm {
 
-// Band blockIdx.y of the block's map: row bands (directions 0 and 2) or,
-// with kColumns, column bands (1 and 3). Pixel q of a band is its q-th
-// pixel in row-major order. A column band keeps its pixels in column-major
-// slots, so that its walks read consecutive slots, free of bank conflicts
-// (in row-major slots, threads 8 rows of 16 columns apart hit 8 banks), and
-// walks as a row band of the transposed band.
+// A band of the block's map: row bands (directions 0 and 2) or, with
+// kColumns, column bands (1 and 3). Row band blockIdx.y of map blockIdx.x;
+// the column bands of a map take consecutive blocks (blockIdx.x = map *
+// col_bands + band), so that the blocks running at once read neighbouring
+// columns of a row, the other sectors of its cache lines. Pixel q of a band
+// is its q-th pixel in row-major order. A column band keeps its pixels in
+// column-major slots, so that its walks read consecutive slots, free of
+// bank conflicts (in row-major slots, threads 8 rows of 16 columns apart
+// hit 8 banks), and walks as a row band of the transposed band.
 template <bool kColumns>
 struct BandView : PlaneMapIndex {
   static constexpr int kDirections = 2;
@@ -49,8 +52,9 @@ struct BandView : PlaneMapIndex {
   int height, width, pixels;
   int band, origin, map_width, entering_stride;
 
-  __device__ explicit BandView(const CrossScanParams &p) : PlaneMapIndex(p) {
-    band = blockIdx.y;
+  __device__ explicit BandView(const CrossScanParams &p)
+      : PlaneMapIndex(p, kColumns ? blockIdx.x / p.col_bands : blockIdx.x) {
+    band = kColumns ? blockIdx.x % p.col_bands : blockIdx.y;
     map_width = p.width;
     if (kColumns) {
       origin = band * p.band_cols;
@@ -339,7 +343,7 @@ void cross_band_totals_launch(const CrossScanParams &p, bool row_vector,
       column_vector ? cross_band_column_totals_kernel<T, true, kAdjoint>
                     : cross_band_column_totals_kernel<T, false, kAdjoint>;
   cross_plane_allow_shared(p, column_kernel, col_bytes);
-  column_kernel<<<dim3(maps, p.col_bands), cross_plane_threads(col_pixels),
+  column_kernel<<<dim3(maps * p.col_bands), cross_plane_threads(col_pixels),
                   col_bytes, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -370,7 +374,7 @@ void cross_band_launch(const CrossScanParams &p, bool backward) {
                                               dim3(maps, p.row_bands),
                                               p.band_rows * p.width);
   cross_plane_launch_view<T, BandView<true>>(p, backward, column_vector,
-                                             dim3(maps, p.col_bands),
+                                             dim3(maps * p.col_bands),
                                              p.height * p.band_cols);
 }
 

@@ -136,12 +136,17 @@ struct PlaneMapIndex {
   int map_pixels, dim, channel;
   long long batch_index;
 
-  __device__ explicit PlaneMapIndex(const CrossScanParams &p) {
+  // The map of block `block` (blockIdx.x unless the view numbers blocks
+  // otherwise).
+  __device__ PlaneMapIndex(const CrossScanParams &p, unsigned block) {
     map_pixels = p.height * p.width;
     dim = p.dim;
-    channel = blockIdx.x / p.batch;
-    batch_index = blockIdx.x % p.batch;
+    channel = block / p.batch;
+    batch_index = block % p.batch;
   }
+
+  __device__ explicit PlaneMapIndex(const CrossScanParams &p)
+      : PlaneMapIndex(p, blockIdx.x) {}
 
   // Offset of the map in u, out, dout, du and band_sum.
   __device__ long long map_offset() const {
