@@ -173,13 +173,14 @@ struct PlaneMapIndex {
 // whether the walks enter with carried states (kCarried), whether the sum
 // over directions starts from band_sum (kAddsSum) or ends there
 // (kStoresSum) instead of in out (du), whether the block sums D's gradient
-// (kSumsDD), and whether the shared maps hold the pixels in column-major
-// slots (kTransposed).
+// (kSumsDD), whether the shared maps hold the pixels in column-major slots
+// (kTransposed), and whether the backward pass takes single accesses where
+// vector runs are possible (kSingleAccessBackward).
 struct PlaneView : PlaneMapIndex {
   static constexpr int kDirections = 4;
   static constexpr bool kCarried = false, kAddsSum = false,
                         kStoresSum = false, kSumsDD = true,
-                        kTransposed = false;
+                        kTransposed = false, kSingleAccessBackward = false;
   int height, width, pixels;
 
   __device__ explicit PlaneView(const CrossScanParams &p)
@@ -737,8 +738,12 @@ void cross_plane_launch_view(const CrossScanParams &p, bool backward,
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
   if (backward) {
-    launch(vector ? cross_plane_bwd_kernel<T, true, View>
-                  : cross_plane_bwd_kernel<T, false, View>);
+    if constexpr (View::kSingleAccessBackward) {
+      launch(cross_plane_bwd_kernel<T, false, View>);
+    } else {
+      launch(vector ? cross_plane_bwd_kernel<T, true, View>
+                    : cross_plane_bwd_kernel<T, false, View>);
+    }
   } else {
     launch(vector ? cross_plane_fwd_kernel<T, true, View>
                   : cross_plane_fwd_kernel<T, false, View>);
