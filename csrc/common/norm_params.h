@@ -5,11 +5,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define MMSSM_HOST_DEVICE __host__ __device__
-#else
-#define MMSSM_HOST_DEVICE
-#endif
+#include "host_device.h"
 
 namespace mmssm {
 

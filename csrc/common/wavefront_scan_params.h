@@ -3,6 +3,8 @@
 // the CUDA kernels (csrc/common/cuda/wavefront_scan_kernel.cuh).
 #pragma once
 
+#include "host_device.h"
+
 namespace mmssm {
 
 // Layouts (channel-last, as mmssm.ops.wavefront_scan_2d):
@@ -43,10 +45,8 @@ struct WavefrontScanParams {
   int num_tiles = 1;
   bool delta_softplus = false;
   bool origin_br = false;  // scan from the bottom-right corner
-  // Tiles in flight: zeroed ints, the ticket, then the progress of every
-  // tile but the last (forwards) or the first (backwards) of every sequence,
-  // (num_tiles - 1, batch, num_groups), then (backward) the generation of
-  // every scratch slot. Null: a block walks every tile of its sequence.
+  // Tiles in flight: zeroed ints laid out as TileSyncLayout says. Null: a
+  // block walks every tile of its sequence.
   int *tile_sync = nullptr;
   // Backward with tiles in flight: tile-sized scratch slots, taken by
   // ticket modulo num_slots; a block waits until the slot's previous
@@ -99,6 +99,36 @@ constexpr int kWavefrontNarrowTileWidth = 16;
 
 // Rows of a hand-over column between two publications of its progress.
 constexpr int kWavefrontProgressRows = 8;
+
+// Indices of the ints of tile_sync (tiles in flight): the ticket counter,
+// then the progress of the hand-over column after every tile but the last
+// (forwards; before every tile but the first backwards) of every sequence,
+// (num_tiles - 1, batch, num_groups), then the generation of every backward
+// scratch slot (how many holders released it).
+struct TileSyncLayout {
+  long long sequences, handovers;
+
+  MMSSM_HOST_DEVICE explicit TileSyncLayout(const WavefrontScanParams &p)
+      : sequences(static_cast<long long>(p.batch) * p.num_groups),
+        handovers((p.num_tiles - 1) * sequences) {}
+
+  static constexpr long long kTicket = 0;
+
+  // Progress of the hand-over column between tiles `column` and
+  // `column + 1` of sequence `sequence`.
+  MMSSM_HOST_DEVICE long long progress(int column, int sequence) const {
+    return 1 + column * sequences + sequence;
+  }
+
+  MMSSM_HOST_DEVICE long long slot_generation(int slot) const {
+    return 1 + handovers + slot;
+  }
+
+  // Ints of the buffer with `slots` scratch slots (none forwards).
+  MMSSM_HOST_DEVICE long long size(int slots) const {
+    return 1 + handovers + slots;
+  }
+};
 
 // Launches the forward (or backward) kernel for element type T on the
 // current CUDA stream; instantiated per type in

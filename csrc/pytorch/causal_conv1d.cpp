@@ -74,22 +74,9 @@ CausalConv1dParams make_conv_params(const at::Tensor &x,
 
 void launch_conv(const CausalConv1dParams &params, at::ScalarType dtype,
                  bool backward) {
-  switch (dtype) {
-    case at::kFloat:
-      causal_conv1d_launch<float>(params, backward);
-      break;
-    case at::kHalf:
-      causal_conv1d_launch<c10::Half>(params, backward);
-      break;
-    case at::kBFloat16:
-      causal_conv1d_launch<c10::BFloat16>(params, backward);
-      break;
-    case at::kDouble:
-      causal_conv1d_launch<double>(params, backward);
-      break;
-    default:
-      TORCH_CHECK(false, "causal conv1d: unsupported dtype ", dtype);
-  }
+  with_element_type(kOpName, dtype, [&](auto element) {
+    causal_conv1d_launch<decltype(element)>(params, backward);
+  });
 }
 
 }  // namespace

@@ -127,22 +127,9 @@ std::vector<int64_t> chunk_states_shape(const CrossScanParams &params) {
 
 void launch_cross(const CrossScanParams &params, at::ScalarType dtype,
                   bool backward) {
-  switch (dtype) {
-    case at::kFloat:
-      cross_scan_launch<float>(params, backward);
-      break;
-    case at::kHalf:
-      cross_scan_launch<c10::Half>(params, backward);
-      break;
-    case at::kBFloat16:
-      cross_scan_launch<c10::BFloat16>(params, backward);
-      break;
-    case at::kDouble:
-      cross_scan_launch<double>(params, backward);
-      break;
-    default:
-      TORCH_CHECK(false, "cross scan: unsupported dtype ", dtype);
-  }
+  with_element_type(kOpName, dtype, [&](auto element) {
+    cross_scan_launch<decltype(element)>(params, backward);
+  });
 }
 
 }  // namespace

@@ -26,4 +26,24 @@ inline void check_op_tensor(const char *op, const at::Tensor &tensor,
   TORCH_CHECK(tensor.is_contiguous(), op, ": ", name, " must be contiguous");
 }
 
+// Calls fn with a value of the element type of `dtype` (float, half,
+// bfloat16 or double) and returns what it returns; any other dtype is an
+// error naming op `op`.
+template <typename Fn>
+decltype(auto) with_element_type(const char *op, at::ScalarType dtype,
+                                 Fn &&fn) {
+  switch (dtype) {
+    case at::kHalf:
+      return fn(c10::Half{});
+    case at::kBFloat16:
+      return fn(c10::BFloat16{});
+    case at::kDouble:
+      return fn(double{});
+    default:
+      TORCH_CHECK(dtype == at::kFloat, op, ": unsupported dtype ", dtype,
+                  " (expected float32, float16, bfloat16 or float64)");
+      return fn(float{});
+  }
+}
+
 }  // namespace mmssm

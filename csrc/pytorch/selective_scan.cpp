@@ -125,26 +125,10 @@ SelectiveScanParams make_params(
 void launch(const SelectiveScanParams &params, at::ScalarType dtype,
             ScanLayout layout, int64_t num_threads, int64_t num_items,
             bool backward) {
-  switch (dtype) {
-    case at::kFloat:
-      selective_scan_launch<float>(params, layout, num_threads, num_items,
-                                   backward);
-      break;
-    case at::kHalf:
-      selective_scan_launch<c10::Half>(params, layout, num_threads, num_items,
-                                       backward);
-      break;
-    case at::kBFloat16:
-      selective_scan_launch<c10::BFloat16>(params, layout, num_threads,
-                                           num_items, backward);
-      break;
-    case at::kDouble:
-      selective_scan_launch<double>(params, layout, num_threads, num_items,
-                                    backward);
-      break;
-    default:
-      TORCH_CHECK(false, "selective scan: unsupported dtype ", dtype);
-  }
+  with_element_type(kOpName, dtype, [&](auto element) {
+    selective_scan_launch<decltype(element)>(params, layout, num_threads,
+                                             num_items, backward);
+  });
 }
 
 }  // namespace

@@ -16,23 +16,6 @@ namespace {
 
 constexpr char kOpName[] = "v2m corner scan";
 
-// Calls fn with a value of the element type of `dtype`.
-template <typename Fn>
-auto dispatch_v2m(at::ScalarType dtype, Fn fn) {
-  switch (dtype) {
-    case at::kHalf:
-      return fn(c10::Half{});
-    case at::kBFloat16:
-      return fn(c10::BFloat16{});
-    case at::kDouble:
-      return fn(double{});
-    default:
-      TORCH_CHECK(dtype == at::kFloat, "v2m corner scan: unsupported dtype ",
-                  dtype);
-      return fn(float{});
-  }
-}
-
 // Checks every input and fills the shapes and input pointers of the params.
 V2MScanParams make_v2m_params(const at::Tensor &u, const at::Tensor &delta,
                               const at::Tensor &A, const at::Tensor &B,
@@ -125,7 +108,7 @@ V2MScanParams make_v2m_params(const at::Tensor &u, const at::Tensor &delta,
   params.z = z.has_value() ? z->data_ptr() : nullptr;
   params.delta_bias = delta_bias.has_value() ? delta_bias->data_ptr()
                                              : nullptr;
-  params.plane = dispatch_v2m(dtype, [&](auto element) {
+  params.plane = with_element_type(kOpName, dtype, [&](auto element) {
     return v2m_corner_scan_planes<decltype(element)>(params);
   });
   return params;
@@ -148,7 +131,7 @@ std::vector<int64_t> chunk_states_shape(const V2MScanParams &params) {
 
 void launch_v2m(const V2MScanParams &params, at::ScalarType dtype,
                 bool backward) {
-  dispatch_v2m(dtype, [&](auto element) {
+  with_element_type(kOpName, dtype, [&](auto element) {
     v2m_corner_scan_launch<decltype(element)>(params, backward);
   });
 }

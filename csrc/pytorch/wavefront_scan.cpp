@@ -105,16 +105,16 @@ WavefrontScanParams make_wavefront_params(
   return params;
 }
 
-// Zeroed ticket, hand-over progress and `slots` slot generations.
-at::Tensor tile_sync_buffer(const WavefrontScanParams &params, int64_t slots,
+// Zeroed ticket, hand-over progress and `slots` slot generations
+// (TileSyncLayout).
+at::Tensor tile_sync_buffer(const WavefrontScanParams &params, int slots,
                             const at::Tensor &like) {
-  const int64_t sequences =
-      static_cast<int64_t>(params.batch) * params.num_groups;
-  TORCH_CHECK(sequences * params.num_tiles <= INT32_MAX,
+  const TileSyncLayout layout(params);
+  TORCH_CHECK(layout.sequences * params.num_tiles <= INT32_MAX,
               "wavefront scan: tiles in flight take one block per tile, at "
-              "most ", INT32_MAX, ", got ", sequences * params.num_tiles);
-  const int64_t handovers = (params.num_tiles - 1) * sequences;
-  return at::zeros({1 + handovers + slots}, like.options().dtype(at::kInt));
+              "most ", INT32_MAX, ", got ",
+              layout.sequences * params.num_tiles);
+  return at::zeros({layout.size(slots)}, like.options().dtype(at::kInt));
 }
 
 std::vector<int64_t> boundary_shape(const WavefrontScanParams &params) {
@@ -122,30 +122,9 @@ std::vector<int64_t> boundary_shape(const WavefrontScanParams &params) {
           params.height, 32};
 }
 
-// Calls fn(T{}) with the element type T of dtype.
-template <typename Fn>
-void with_element_type(at::ScalarType dtype, Fn &&fn) {
-  switch (dtype) {
-    case at::kFloat:
-      fn(float{});
-      break;
-    case at::kHalf:
-      fn(c10::Half{});
-      break;
-    case at::kBFloat16:
-      fn(c10::BFloat16{});
-      break;
-    case at::kDouble:
-      fn(double{});
-      break;
-    default:
-      TORCH_CHECK(false, "wavefront scan: unsupported dtype ", dtype);
-  }
-}
-
 void launch_wavefront(const WavefrontScanParams &params, at::ScalarType dtype,
                       bool backward) {
-  with_element_type(dtype, [&](auto type) {
+  with_element_type(kOpName, dtype, [&](auto type) {
     wavefront_scan_launch<decltype(type)>(params, backward);
   });
 }
@@ -203,7 +182,7 @@ std::vector<at::Tensor> wavefront_scan_backward(
   at::Tensor tile_sync;
   if (tiles_in_flight && params.num_tiles > 1) {
     int64_t resident = 0;
-    with_element_type(dtype, [&](auto type) {
+    with_element_type(kOpName, dtype, [&](auto type) {
       resident = wavefront_backward_resident_blocks<decltype(type)>(params);
     });
     TORCH_CHECK(resident > 0, "wavefront scan: the backward kernel cannot "

@@ -114,7 +114,7 @@ struct WavefrontTask {
     }
     __shared__ int taken;
     if (threadIdx.x == 0 && threadIdx.y == 0)
-      taken = atomicAdd(p.tile_sync, 1);
+      taken = atomicAdd(p.tile_sync + TileSyncLayout::kTicket, 1);
     __syncthreads();
     ticket = taken;
     const int sequences = p.batch * p.num_groups;
@@ -129,14 +129,13 @@ struct WavefrontTask {
 // of a sequence (tiles in flight).
 __device__ __forceinline__ int *handover_progress(
     const WavefrontScanParams &p, int column, int sequence) {
-  return p.tile_sync + 1 +
-         static_cast<long long>(column) * p.batch * p.num_groups + sequence;
+  return p.tile_sync + TileSyncLayout(p).progress(column, sequence);
 }
 
 // Generation of a backward scratch slot: how many holders released it.
 __device__ __forceinline__ int *slot_generation(const WavefrontScanParams &p,
                                                 int slot) {
-  return handover_progress(p, p.num_tiles - 1, 0) + slot;
+  return p.tile_sync + TileSyncLayout(p).slot_generation(slot);
 }
 
 // A whole warp, after its lanes stored rows of a hand-over column: makes

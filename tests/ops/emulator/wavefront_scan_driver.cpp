@@ -61,7 +61,7 @@ void run(bool backward, const WavefrontCall &call, void *const *tensors) {
     p.num_slots = backward ? call.num_slots : 0;
     scratch_blocks = call.num_slots;
     adjoint_columns = p.num_tiles - 1;
-    tile_sync.assign(1 + (p.num_tiles - 1) * sequences + p.num_slots, 0);
+    tile_sync.assign(mmssm::TileSyncLayout(p).size(p.num_slots), 0);
     p.tile_sync = tile_sync.data();
   }
   const T nan = std::numeric_limits<T>::quiet_NaN();
