@@ -154,7 +154,11 @@ def test_cross_selective_scan_matches_reference(dtype, height, width):
 @pytest.mark.parametrize('batch,dim,height,width', [
     (1, 5, 37, 40),  # rows and columns in two line groups
     (2, 4, 1, 300),  # one long row: many chunks, columns of one pixel
-    (1, 1, 300, 2),  # one channel (a partial channel group)
+    # Three channels, a partial group of four. With one channel, D's
+    # gradient is four copies of one sum of 600 products, which random
+    # inputs now and then cancel to about 0.1: float32's summation error
+    # then exceeds 1e-5 of it (3.4e-5 on the H100, fourteenth session).
+    (1, 3, 300, 2),
     (2, 6, 31, 33),  # chunks of 16 with a partial last chunk
 ])
 def test_cross_scan_tiles_and_states_match_reference(dstate, batch, dim,
