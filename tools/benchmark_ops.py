@@ -442,12 +442,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     for case in benchmark_cases():
         if case.op not in args.ops:
             continue
-        paths = ['cuda'] if args.skip_pytorch else ['pytorch', 'cuda']
-        results = {}
+        paths = ['cuda'] if args.skip_pytorch else ['cuda', 'pytorch']
+        results = {
+            path: run_case(case, path == 'pytorch', args.repeats)
+            for path in paths
+        }
         for path in paths:
-            results[path] = run_case(case, path == 'pytorch', args.repeats)
-        # The compiled op's row first, with its speed-ups.
-        for path in reversed(paths):
             result = results[path]
             gbs = case.essential_bytes / result['fwd'] / 1e6
             authors = over_authors = over_pytorch = '—'
